@@ -1,0 +1,55 @@
+"""User-facing errors: one clear line and a non-zero exit instead of a traceback.
+
+Code anywhere in the project raises ``UserError("<file/flag/value>: <what is wrong>; <how to fix>")``
+for problems the user caused (missing file, bad flag, corrupt checkpoint). Command-line entry points
+wrap their ``main`` with :func:`run_cli`, which prints such an error as ``error: <message>`` on stderr
+and exits with status 2. Every other exception is a bug and keeps its full traceback.
+"""
+import os
+import sys
+from typing import Any, Callable
+
+USER_ERROR_EXIT = 2  # same status argparse uses for bad command lines
+INTERRUPT_EXIT = 130  # 128 + SIGINT, the shell convention for Ctrl-C
+
+
+class UserError(Exception):
+    """A problem caused by the user's input (files, flags, values); the message says how to fix it."""
+
+
+def one_line(message: str) -> str:
+    """Collapse ``message`` (str) to a single line so the error never spills over several lines."""
+    return " ".join(str(message).split())
+
+
+def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``main_fn(*args)`` and return its result, turning user errors into one line on stderr.
+
+    UserError -> ``error: <message>`` on stderr, exit status 2.
+    KeyboardInterrupt -> ``interrupted`` on stderr, exit status 130.
+    Anything else propagates unchanged (a bug: the traceback is what a developer needs).
+    """
+    try:
+        return main_fn(*args)
+    except UserError as exc:
+        sys.stdout.flush()  # keep earlier progress output before the error line
+        print(f"error: {one_line(str(exc))}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPT_EXIT)
+
+
+def check_file(path: "str | os.PathLike", what: str, how_to_get: str) -> None:
+    """Raise UserError("<what> not found: <path>; <how_to_get>") unless ``path`` is an existing file.
+
+    (A directory in its place gives "<what> is a directory, not a file: <path>; <how_to_get>".)
+
+    path: file that must exist; what: what it is ("AgeDB split file"); how_to_get: the command or
+    step that creates it ("run `python data/create_agedb.py`").
+    """
+    if os.path.isdir(path):
+        raise UserError(f"{what} is a directory, not a file: {os.fspath(path)}; {how_to_get}")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} not found: {os.fspath(path)}; {how_to_get}")
