@@ -44,8 +44,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it to ``path``."""
+def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
+    """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it to ``path``.
+
+    Creates the parent directory. If ``write`` raises, the temp file is removed, any previous file at
+    ``path`` is untouched, and the exception propagates.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -87,13 +91,13 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
     Creates the parent directory. On any failure the previous file at ``path`` (if any) is intact
     and no temp file is left behind.
     """
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def copy_as_best(path: PathLike, best_path: PathLike) -> None:
     """Atomically copy the checkpoint file ``path`` to ``best_path`` (e.g. ckpt.best.pth.tar)."""
     with open(path, "rb") as src:
-        _atomic_write(best_path, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
+        atomic_write(best_path, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
 
 
 def add_module_prefix(state_dict: Mapping[str, Any]) -> "OrderedDict[str, Any]":

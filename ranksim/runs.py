@@ -1,0 +1,191 @@
+"""Run bookkeeping shared by every train.py: run directory, log file, TensorBoard, results.json,
+device choice, seeding and worker count.
+
+Run directory rule: ``make_run_dir(root, name)`` never reuses a directory that holds anything (a
+finished run's results.json, checkpoints, logs); it picks ``name_2``, ``name_3``, ... instead, so
+running the same command twice never overwrites a run and never prompts.
+"""
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write
+from .errors import UserError
+
+LOG_NAME = "training.log"
+RESULTS_NAME = "results.json"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def make_run_dir(store_root: PathLike, store_name: str) -> Path:
+    """Create and return a fresh run directory ``<store_root>/<store_name>`` (Path).
+
+    If that directory exists and is non-empty (a finished or interrupted run), the first free
+    ``<store_name>_2``, ``<store_name>_3``, ... is created instead; an existing EMPTY directory is
+    used as is. Creation uses os.mkdir, so two runs started at once never share a directory.
+    store_name must be a plain directory name (UserError otherwise).
+    """
+    if not store_name or store_name in (".", "..") or "/" in store_name or os.sep in store_name:
+        raise UserError(f"--store_name {store_name!r}: must be a plain directory name (no '/'), e.g. 'vanilla'")
+    root = Path(store_root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--store_root {root}: is a file, not a directory; pass a directory for run outputs")
+    root.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while True:
+        candidate = root / (store_name if suffix == 1 else f"{store_name}_{suffix}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            if candidate.is_dir() and not any(candidate.iterdir()):
+                return candidate
+        suffix += 1
+
+
+class RunLogger:
+    """Console + ``<run_dir>/training.log`` + TensorBoard logger for one run.
+
+    run_dir: the run directory (created if needed); enabled: False makes every method a no-op and
+    creates nothing (use it on non-zero distributed ranks). Console lines go through tqdm.write so
+    they do not break progress bars; log-file lines carry a timestamp and are flushed at once (a
+    killed run keeps its log). TensorBoard event files are written in run_dir by a SummaryWriter
+    created on the first scalar; without the tensorboard package one notice is logged and scalars
+    are dropped.
+    """
+
+    def __init__(self, run_dir: PathLike, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._log_file = None
+        self._writer = None
+        self._tensorboard_missing = False
+        if enabled:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.run_dir / LOG_NAME, "a", encoding="utf-8")
+
+    def info(self, message: str) -> None:
+        """Print ``message`` (str, may span lines) and append it to training.log."""
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        tqdm.write(str(message), file=sys.stdout)
+        sys.stdout.flush()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        for line in str(message).splitlines() or [""]:
+            self._log_file.write(f"{stamp} | {line}\n")
+        self._log_file.flush()
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """Record scalar ``value`` (float) under ``tag`` (e.g. 'val/mae') at ``step`` (int)."""
+        if not self.enabled or self._tensorboard_missing:
+            return
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tensorboard_missing = True
+                self.info("note: the tensorboard package is not installed, so TensorBoard scalars are not "
+                          "recorded (pip install tensorboard); training.log has the same numbers")
+                return
+            self._writer = SummaryWriter(log_dir=str(self.run_dir))
+        self._writer.add_scalar(tag, float(value), int(step))
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        """Record every ``tag: value`` of ``values`` at ``step``."""
+        for tag, value in values.items():
+            self.scalar(tag, value, step)
+
+    def close(self) -> None:
+        """Flush and close training.log and the TensorBoard writer (safe to call twice)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain-JSON copy of ``value``: NaN/inf -> None, numpy/torch scalars and arrays -> Python
+    numbers/lists, Paths -> str, tuples -> lists, dict keys -> str."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def write_results_json(run_dir: PathLike, results: Dict[str, Any]) -> Path:
+    """Atomically write ``results`` (dict) to ``<run_dir>/results.json`` and return its Path.
+
+    NaN and infinities become null (strict JSON); numpy/torch values become plain numbers.
+    """
+    path = Path(run_dir) / RESULTS_NAME
+    text = json.dumps(to_jsonable(results), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def select_device(gpu: Optional[int] = None) -> torch.device:
+    """The device to run on: ``cuda:<gpu>`` when CUDA is available (gpu None -> the current CUDA
+    device, normally 0), else the CPU. ``--gpu`` without CUDA, or out of range, is a UserError."""
+    if not torch.cuda.is_available():
+        if gpu is not None:
+            raise UserError(f"--gpu {gpu}: CUDA is not available on this machine (no usable NVIDIA GPU or a "
+                            "CPU-only PyTorch build); leave out --gpu to run on the CPU")
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if gpu is None:
+        gpu = torch.cuda.current_device()
+    elif not 0 <= gpu < count:
+        raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s), numbered 0..{count - 1}")
+    torch.cuda.set_device(gpu)  # so that plain .cuda() / 'cuda' tensors land on the chosen GPU
+    return torch.device("cuda", gpu)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def available_cpus() -> int:
+    """Number of CPUs this process may run on (its affinity mask where the OS reports one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def cap_workers(n: int) -> int:
+    """DataLoader worker count: ``n`` capped at the CPUs present (UserError if ``n`` < 0)."""
+    if n < 0:
+        raise UserError(f"--workers {n}: must be 0 (load in the main process) or more")
+    return min(n, available_cpus())
