@@ -186,7 +186,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
     path = os.fspath(path)
     if not os.path.isfile(path):
         what = "is a directory, not a checkpoint file" if os.path.isdir(path) else "not found"
-        raise UserError(f"checkpoint {path}: {what}; check the --resume/--pretrained path")
+        raise UserError(f"checkpoint {path}: {what}; check the checkpoint path passed on the command line")
     safe_globals = getattr(torch.serialization, "safe_globals", None)
     try:
         if safe_globals is not None:
