@@ -1,0 +1,116 @@
+"""Image datasets of the age benchmarks (AgeDB-DIR, IMDB-WIKI-DIR), SPEC §6.
+
+A split file ``<data_dir>/<csv_name>`` has columns ``age,path,split`` (path relative to data_dir,
+split in train/val/test). :class:`AgeCSVDataset` serves one split; an item is
+``(image float32 [3, s, s] in [-1, 1], label float32 [1] (years), weight float32 [1])``.
+
+Per-benchmark subclasses (``agedb-dir/datasets.py``, ``imdb-wiki-dir/datasets.py``) only set the
+class attributes below: the split file name, how to create it, and the GM guard of the overall row.
+"""
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from ranksim.age_splits import read_split_csv
+from ranksim.errors import UserError
+
+SPLITS = ("train", "val", "test")
+RANDOM_CROP_PADDING = 16  # SPEC §6 train augmentation
+
+
+class ImageReadError(UserError):
+    """An image listed in the split file is missing or cannot be decoded.
+
+    DataLoader workers re-raise an exception in the main process as ``type(exc)(text)`` where the
+    text is "Caught ImageReadError in DataLoader worker process N. Original Traceback ... \n
+    ranksim.age_data.ImageReadError: <message>". The constructor recovers ``<message>`` from that
+    text so the user sees the same single line with or without workers.
+    """
+
+    def __init__(self, message: str):
+        marker = f"{type(self).__name__}: "
+        if "DataLoader worker" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def age_transform(img_size: int, train: bool) -> transforms.Compose:
+    """SPEC §6: Resize((s, s)) [+ RandomCrop(s, padding 16) + horizontal flip], ToTensor, Normalize(.5, .5)."""
+    steps = [transforms.Resize((img_size, img_size))]
+    if train:
+        steps += [transforms.RandomCrop(img_size, padding=RANDOM_CROP_PADDING), transforms.RandomHorizontalFlip()]
+    steps += [transforms.ToTensor(), transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
+    return transforms.Compose(steps)
+
+
+class AgeCSVDataset(Dataset):
+    """One split of an age benchmark.
+
+    data_dir: folder holding the split CSV and the images (paths in the CSV are relative to it);
+    table: the whole split table (age,path,split) as returned by :meth:`read_table`;
+    img_size: side s of the square images fed to the model; split: 'train' | 'val' | 'test'
+    (train gets augmentation); weights: per-row loss weights [N] for this split (None -> all 1).
+    """
+
+    csv_name = "agedb.csv"  # split file inside data_dir
+    dataset_name = "agedb"  # value of --dataset
+    how_to_create = "run `python data/create_agedb.py` or `python data/download_split.py` in agedb-dir/"
+    overall_gm_eps = 0.0  # IMDB-WIKI-DIR adds 1e-10 to the errors of the overall GM (SPEC §5)
+
+    def __init__(self, data_dir: str, table: pd.DataFrame, img_size: int, split: str = "train",
+                 weights: Optional[Sequence[float]] = None):
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        rows = table[table["split"] == split]
+        if len(rows) == 0:
+            raise UserError(f"{self.csv_path(data_dir)}: no rows with split '{split}'; {self.how_to_create}")
+        self.data_dir = data_dir
+        self.split = split
+        self.paths = [os.path.join(data_dir, p) for p in rows["path"].astype(str)]
+        self.labels = rows["age"].to_numpy(dtype=np.float32)
+        if weights is None:
+            weights = np.ones(len(self.labels), dtype=np.float32)
+        self.weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+        if len(self.weights) != len(self.labels):
+            raise ValueError(f"weights: {len(self.weights)} values for {len(self.labels)} {split} rows")
+        self.transform = age_transform(img_size, train=split == "train")
+
+    @classmethod
+    def csv_path(cls, data_dir: str) -> str:
+        return os.path.join(data_dir, cls.csv_name)
+
+    @classmethod
+    def read_table(cls, data_dir: str) -> pd.DataFrame:
+        """Read and validate ``<data_dir>/<csv_name>``; one-line UserError saying how to create it."""
+        if not os.path.isdir(data_dir):
+            raise UserError(f"--data_dir {data_dir}: directory not found; {cls.how_to_create}, "
+                            f"or pass --data_dir <folder holding {cls.csv_name}>")
+        return read_split_csv(cls.csv_path(data_dir), cls.how_to_create)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load_image(self, index: int) -> Image.Image:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")  # convert() decodes now: a truncated file fails here
+        except FileNotFoundError:
+            raise ImageReadError(f"{path}: image listed in {self.csv_name} not found; check --data_dir "
+                                 f"and that the images were extracted/created") from None
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated data
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ImageReadError(f"{path}: cannot read image ({reason}); replace the file or remove its "
+                                 f"row from {self.csv_name}") from None
+
+    def __getitem__(self, index: int):
+        image = self.transform(self.load_image(index))
+        label = torch.tensor([self.labels[index]], dtype=torch.float32)
+        weight = torch.tensor([self.weights[index]], dtype=torch.float32)
+        return image, label, weight
