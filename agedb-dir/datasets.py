@@ -1,0 +1,13 @@
+"""AgeDB-DIR dataset: `<data_dir>/agedb.csv` (age,path,split) and the images it lists (SPEC §6).
+
+Items are (image [3, s, s], age float32 [1], loss weight float32 [1]); see ranksim.age_data.
+"""
+from ranksim.age_data import AgeCSVDataset
+
+
+class AgeDB(AgeCSVDataset):
+    csv_name = "agedb.csv"
+    dataset_name = "agedb"
+    how_to_create = ("create it with `python data/create_agedb.py` (from the raw AgeDB images) or download the "
+                     "published split with `python data/download_split.py`")
+    overall_gm_eps = 0.0

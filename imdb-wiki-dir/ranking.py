@@ -1,0 +1,9 @@
+"""The paper's module names for ranking: `from ranking import TrueRanker, rank_normalised`.
+
+The regularizer (published in a module named `ranksim`, which here is the package itself) is
+re-exported too: `from ranking import batchwise_ranking_regularizer`.
+"""
+from ranksim.ranking import TrueRanker, rank, rank_normalised
+from ranksim.regularizer import batchwise_ranking_regularizer
+
+__all__ = ["TrueRanker", "rank", "rank_normalised", "batchwise_ranking_regularizer"]

@@ -1,0 +1,413 @@
+"""The training program of the image benchmarks (AgeDB-DIR, IMDB-WIKI-DIR), shared by both folders.
+
+``agedb-dir/train.py`` and ``imdb-wiki-dir/train.py`` only pass their defaults and dataset class:
+
+    run_cli(main, sys.argv[1:], DEFAULTS, AgeDB)
+
+What one run does (SPEC §1.6, §2, §3, §7):
+  1. read ``<data_dir>/<csv>``, per-sample train weights (--reweight, --lds), the three splits;
+  2. build the ResNet (+FDS); --pretrained loads a backbone (RRT: --retrain_fc trains only the head);
+     --resume restores model, optimizer, epoch, best score, FDS state and RNG state;
+  3. per epoch: train (base loss + gamma * RankSim on the pooled features), update the FDS statistics,
+     validate (MSE, MAE, GM), save ``ckpt.pth.tar`` (published layout, atomic) and
+     ``ckpt.best.pth.tar`` when val MAE (MSE with --loss mse) improves;
+  4. load the best checkpoint, test per shot group, print the table, write ``results.json``.
+``--evaluate --resume CKPT`` does only step 4 for CKPT (e.g. a released checkpoint).
+
+Run directory: ``<store_root>/<run name>`` (the name encodes the settings and a timestamp unless
+--store_name is given); a directory that holds anything is never reused. --resume of an unfinished
+run continues in its own directory. Resuming is exact (same numbers as an uninterrupted run) with
+--workers 0; with loader workers the augmentation random streams of the workers are not restored.
+"""
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence, Type
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ranksim.age_data import SPLITS, AgeCSVDataset
+from ranksim.checkpoint import (
+    capture_rng_state,
+    copy_as_best,
+    load_checkpoint,
+    load_model_state,
+    make_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    state_dict_of,
+)
+from ranksim.engine import (
+    DivergenceError,
+    freeze_all_but_head,
+    predict,
+    ranksim_regularizer,
+    train_one_epoch,
+    update_fds_statistics,
+)
+from ranksim.errors import UserError
+from ranksim.kernels import KERNELS
+from ranksim.losses import LOSSES, get_loss
+from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
+from ranksim.resnet import MODELS, build_model
+from ranksim.runs import (
+    LOG_NAME,
+    RESULTS_NAME,
+    RunLogger,
+    cap_workers,
+    make_run_dir,
+    seed_everything,
+    select_device,
+    write_results_json,
+)
+from ranksim.weighting import REWEIGHTS, label_weights
+
+CKPT_NAME = "ckpt.pth.tar"
+BEST_NAME = "ckpt.best.pth.tar"
+
+# AgeDB-DIR values of the flags whose default depends on the dataset (SPEC §7); IMDB-WIKI-DIR's
+# train.py overrides them (lds_ks/fds_ks 5, bucket_start 0, epoch 90).
+AGEDB_DEFAULTS = {"dataset": "agedb", "lds_ks": 9, "fds_ks": 9, "bucket_start": 3, "epoch": 120}
+
+
+def is_head_key(key: str) -> bool:
+    """Keys RRT does not load from --pretrained (SPEC §7: names containing 'linear' or 'fc')."""
+    return "linear" in key or "fc" in key
+
+
+def build_parser(defaults: Optional[Mapping] = None) -> argparse.ArgumentParser:
+    """Every flag of SPEC §7 (plus --seed); ``defaults`` overrides the dataset-dependent ones."""
+    d = {**AGEDB_DEFAULTS, **(defaults or {})}
+    p = argparse.ArgumentParser(
+        description=f"Train / evaluate an age regressor on {d['dataset']} (RankSim, LDS, FDS, RRT, Focal-R).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    g = p.add_argument_group("imbalanced-regression methods")
+    g.add_argument("--reweight", default="none", choices=REWEIGHTS, help="cost-sensitive re-weighting (SQINV = sqrt_inv)")
+    g.add_argument("--lds", action="store_true", help="label distribution smoothing of the weights (needs --reweight)")
+    g.add_argument("--lds_kernel", default="gaussian", choices=KERNELS)
+    g.add_argument("--lds_ks", type=int, default=d["lds_ks"], help="LDS kernel size (odd)")
+    g.add_argument("--lds_sigma", type=float, default=1.0)
+    g.add_argument("--fds", action="store_true", help="feature distribution smoothing")
+    g.add_argument("--fds_kernel", default="gaussian", choices=KERNELS)
+    g.add_argument("--fds_ks", type=int, default=d["fds_ks"], help="FDS kernel size (odd)")
+    g.add_argument("--fds_sigma", type=float, default=1.0)
+    g.add_argument("--start_update", type=int, default=0, help="first epoch whose features update FDS statistics")
+    g.add_argument("--start_smooth", type=int, default=1, help="first epoch that smooths features")
+    g.add_argument("--bucket_num", type=int, default=100, help="FDS label buckets")
+    g.add_argument("--bucket_start", type=int, default=d["bucket_start"], help="first FDS bucket label")
+    g.add_argument("--fds_mmt", type=float, default=0.9, help="momentum of the FDS running statistics")
+    g.add_argument("--retrain_fc", action="store_true", help="RRT: train only the head of --pretrained")
+    g.add_argument("--regularization_weight", type=float, default=0.0, help="RankSim weight gamma (0 = off)")
+    g.add_argument("--interpolation_lambda", type=float, default=1.0, help="RankSim interpolation strength lambda")
+
+    g = p.add_argument_group("data, model, run")
+    g.add_argument("--dataset", default=d["dataset"], choices=[d["dataset"]])
+    g.add_argument("--data_dir", default="./data", help=f"folder holding {d['dataset']}'s split CSV and images")
+    g.add_argument("--model", default="resnet50", choices=sorted(MODELS))
+    g.add_argument("--store_root", default="checkpoint", help="root folder of the run directories")
+    g.add_argument("--store_name", default="", help="run directory name (default: settings + timestamp)")
+    g.add_argument("--gpu", type=int, default=None, help="CUDA device index (default: CUDA if available, else CPU)")
+    g.add_argument("--workers", type=int, default=32, help="data-loader processes (capped at the CPU count)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (not in the published code)")
+    g.add_argument("--print_freq", type=int, default=10, help="log the running loss every N iterations")
+    g.add_argument("--resume", default="", help="checkpoint to continue from (or to test with --evaluate)")
+    g.add_argument("--pretrained", default="", help="checkpoint whose backbone initialises the model (RRT)")
+    g.add_argument("--evaluate", action="store_true", help="only test the --resume checkpoint")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    g.add_argument("--loss", default="l1", choices=sorted(LOSSES))
+    g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate")
+    g.add_argument("--epoch", type=int, default=d["epoch"], help="number of epochs")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (Adam runs without)")
+    g.add_argument("--schedule", type=int, nargs="*", default=[60, 80], help="epochs at which lr is x0.1")
+    g.add_argument("--batch_size", type=int, default=256)
+    g.add_argument("--img_size", type=int, default=224, help="side of the square input images")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """UserError (one line: flag, value, fix) for flag combinations that cannot work."""
+    if args.lds and args.reweight == "none":
+        raise UserError("--lds: label distribution smoothing smooths the re-weighting counts, so it needs "
+                        "--reweight sqrt_inv or --reweight inverse")
+    for flag in ("lds_ks", "fds_ks"):
+        ks = getattr(args, flag)
+        if ks < 1 or ks % 2 == 0:
+            raise UserError(f"--{flag} {ks}: the kernel size must be a positive odd number (e.g. 5 or 9)")
+    for flag in ("lds_sigma", "fds_sigma"):
+        if not getattr(args, flag) > 0:
+            raise UserError(f"--{flag} {getattr(args, flag)}: the kernel width must be > 0")
+    if args.retrain_fc and not args.pretrained:
+        raise UserError("--retrain_fc: RRT retrains the head of a trained model; pass --pretrained <ckpt.pth.tar> "
+                        "of a first-stage run")
+    if args.evaluate and not args.resume:
+        raise UserError("--evaluate: pass the checkpoint to test with --resume <ckpt.pth.tar>")
+    positive = {"lr": args.lr, "epoch": args.epoch, "batch_size": args.batch_size, "img_size": args.img_size,
+                "print_freq": args.print_freq, "bucket_num": args.bucket_num}
+    for flag, value in positive.items():
+        if not value > 0:
+            raise UserError(f"--{flag} {value}: must be > 0")
+    if not 0 <= args.bucket_start < args.bucket_num:
+        raise UserError(f"--bucket_start {args.bucket_start}: must be in [0, --bucket_num {args.bucket_num})")
+    if not 0 <= args.fds_mmt < 1:
+        raise UserError(f"--fds_mmt {args.fds_mmt}: the momentum must be in [0, 1)")
+    if not (args.regularization_weight >= 0 and math.isfinite(args.regularization_weight)):
+        raise UserError(f"--regularization_weight {args.regularization_weight}: must be >= 0 (0 turns RankSim off)")
+    if args.regularization_weight > 0 and not args.interpolation_lambda > 0:
+        raise UserError(f"--interpolation_lambda {args.interpolation_lambda}: must be > 0 (the paper uses 2)")
+    for path_flag in ("resume", "pretrained"):
+        path = getattr(args, path_flag)
+        if path and not os.path.isfile(path):
+            raise UserError(f"--{path_flag} {path}: checkpoint file not found; pass the path of a ckpt.pth.tar")
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """Directory name encoding the settings, e.g.
+    agedb_resnet50_sqrt_inv_lds_gau_9_1.0_ranksim_100.0_2.0_adam_l1_0.00025_64_20240101-120000."""
+    parts = [args.dataset, args.model, args.reweight]
+    if args.lds:
+        parts += ["lds", args.lds_kernel[:3], str(args.lds_ks), str(args.lds_sigma)]
+    if args.fds:
+        parts += ["fds", args.fds_kernel[:3], str(args.fds_ks), str(args.fds_sigma),
+                  str(args.start_update), str(args.start_smooth), str(args.fds_mmt)]
+    if args.regularization_weight > 0:
+        parts += ["ranksim", str(args.regularization_weight), str(args.interpolation_lambda)]
+    if args.retrain_fc:
+        parts += ["rrt"]
+    parts += [args.optimizer, args.loss, str(args.lr), str(args.batch_size), time.strftime("%Y%m%d-%H%M%S")]
+    return "_".join(parts)
+
+
+def lr_at(epoch: int, base_lr: float, schedule: Sequence[int]) -> float:
+    """Learning rate of 0-based ``epoch``: base_lr x 0.1 for every milestone <= epoch (stateless, so a
+    resumed run is at the right point of the schedule)."""
+    return base_lr * 0.1 ** sum(epoch >= milestone for milestone in schedule)
+
+
+def build_loaders(datasets: Mapping[str, AgeCSVDataset], batch_size: int, workers: int, device: torch.device,
+                  samplers: Optional[Mapping] = None) -> Dict[str, DataLoader]:
+    """Train loader (shuffled unless a sampler is given) and val/test loaders (in order).
+
+    samplers: optional {split: Sampler}, e.g. distributed samplers (then batch_size is per process).
+    A last train batch of ONE sample is dropped: BatchNorm cannot normalise a single sample whose
+    feature map is 1x1 (small --img_size), and RankSim needs two labels.
+    """
+    samplers = samplers or {}
+    common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loaders = {}
+    for split in SPLITS:
+        ds, sampler = datasets[split], samplers.get(split)
+        train = split == "train"
+        loaders[split] = DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=train and sampler is None,
+                                    drop_last=train and len(ds) % batch_size == 1, **common)
+    return loaders
+
+
+def check_arch(checkpoint: Mapping, path: str, model_name: str) -> None:
+    """UserError when the checkpoint's 'model' entry names another architecture than --model."""
+    arch = checkpoint.get("model")
+    if isinstance(arch, str) and arch != model_name:
+        raise UserError(f"{path}: checkpoint of a {arch}, but --model is {model_name}; pass --model {arch} "
+                        f"or another checkpoint")
+
+
+def test_metrics(model, loader, train_labels: np.ndarray, device, gm_eps: float, show_progress: bool) -> dict:
+    """Test-split metrics: {"metrics": per shot group, "per_label": per integer age}."""
+    preds, labels = predict(model, loader, device, show_progress, desc="test")
+    groups = age_shot_groups(train_labels, labels)
+    return {"metrics": regression_metrics(preds, labels, groups, gm_eps=gm_eps, gm_eps_mode="overall"),
+            "per_label": per_label_mae(preds, labels)}
+
+
+def finish(logger: RunLogger, run_dir: Path, args, checkpoint_path: str, epoch: int, sizes: dict,
+           tested: dict) -> dict:
+    """Print the test table and write results.json; returns the results dict."""
+    results = {"dataset": args.dataset, "split": "test", "checkpoint": os.fspath(checkpoint_path), "epoch": epoch,
+               "args": vars(args), "sizes": sizes, **tested}
+    logger.info(f"test results of {checkpoint_path} (epoch {epoch}):\n{format_metrics_table(tested['metrics'])}")
+    if logger.enabled:  # only the main process writes files
+        logger.info(f"wrote {write_results_json(run_dir, results)}")
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = None,
+         dataset_cls: Type[AgeCSVDataset] = AgeCSVDataset, samplers: Optional[Mapping] = None,
+         is_main_process: bool = True) -> dict:
+    """Run the program (see the module docstring) and return the results dict of results.json.
+
+    argv: command-line arguments (None: sys.argv[1:]); defaults: the dataset's flag defaults;
+    dataset_cls: AgeCSVDataset subclass with the dataset's csv_name / how_to_create / overall_gm_eps;
+    samplers, is_main_process: hooks for distributed runs (only the main process logs and writes).
+    """
+    args = build_parser(defaults).parse_args(argv)
+    check_args(args)
+    device = select_device(args.gpu)
+    workers = cap_workers(args.workers)
+    seed_everything(args.seed)
+    show = is_main_process
+
+    # Data: split table, per-sample train weights, the three splits.
+    table = dataset_cls.read_table(args.data_dir)
+    train_labels = table.loc[table["split"] == "train", "age"].to_numpy(dtype=np.float32)
+    weights = label_weights(train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
+                            label_kind="age")
+    datasets = {split: dataset_cls(args.data_dir, table, args.img_size, split,
+                                   weights if split == "train" else None) for split in SPLITS}
+    sizes = {split: len(ds) for split, ds in datasets.items()}
+    loaders = build_loaders(datasets, args.batch_size, workers, device, samplers)
+
+    model = build_model(args.model, fds=args.fds, bucket_num=args.bucket_num, bucket_start=args.bucket_start,
+                        start_update=args.start_update, start_smooth=args.start_smooth, kernel=args.fds_kernel,
+                        ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt,
+                        return_encoding=args.regularization_weight > 0).to(device)
+
+    if args.evaluate:
+        return evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, dataset_cls, show)
+
+    if args.pretrained and not args.resume:
+        pretrained = load_checkpoint(args.pretrained)
+        check_arch(pretrained, args.pretrained, args.model)
+        report = load_model_state(model, state_dict_of(pretrained, args.pretrained), ignore_fds=not args.fds,
+                                  allow_missing_fds=True, skip=is_head_key, source=args.pretrained)
+    if args.retrain_fc:
+        freeze_all_but_head(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=args.lr)
+    else:
+        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+    start_epoch, best_loss = 0, math.inf
+    run_dir = None
+    if args.resume:
+        resumed = load_checkpoint(args.resume)
+        check_arch(resumed, args.resume, args.model)
+        load_model_state(model, state_dict_of(resumed, args.resume), source=args.resume)
+        if resumed.get("optimizer") is not None:
+            try:
+                optimizer.load_state_dict(resumed["optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise UserError(f"--resume {args.resume}: its optimizer state does not fit this run "
+                                f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
+                                f"--retrain_fc settings of the original run") from None
+        start_epoch = int(resumed.get("epoch", 0))
+        best_loss = float(resumed.get("best_loss", math.inf))
+        if start_epoch >= args.epoch:
+            raise UserError(f"--resume {args.resume}: the checkpoint has already completed {start_epoch} epochs "
+                            f"(--epoch {args.epoch}); pass a larger --epoch to train on, or --evaluate to test it")
+        run_dir = resume_run_dir(args)
+        if run_dir is None:  # continue in a new directory, carrying over the best checkpoint
+            run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+            source_best = Path(args.resume).parent / BEST_NAME
+            if source_best.is_file():
+                copy_as_best(source_best, run_dir / BEST_NAME)
+            else:
+                best_loss = math.inf
+        if "rng" in resumed:
+            restore_rng_state(resumed["rng"])
+    else:
+        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+
+    logger = RunLogger(run_dir, enabled=is_main_process)
+    try:
+        logger.info(f"run directory: {run_dir}")
+        logger.info("args: " + " ".join(f"--{k}={v}" for k, v in vars(args).items()))
+        logger.info(f"device {device}, workers {workers}; train/val/test = {sizes['train']}/{sizes['val']}/"
+                    f"{sizes['test']}; train weights min {weights.min():.3g} max {weights.max():.3g}")
+        if args.pretrained and not args.resume:
+            logger.info(f"loaded {len(report.loaded)} tensors from {args.pretrained}; kept initial: "
+                        f"{', '.join(report.kept_init) or 'none'}")
+        if args.resume:
+            logger.info(f"resumed {args.resume} after epoch {start_epoch} (best val score {best_loss:.4f})")
+        return train_and_test(args, model, optimizer, loaders, train_labels, sizes, device, dataset_cls, logger,
+                              run_dir, start_epoch, best_loss, show)
+    finally:
+        logger.close()
+
+
+def resume_run_dir(args) -> Optional[Path]:
+    """The checkpoint's own run directory when the run it belongs to is unfinished (has training.log,
+    no results.json) and no other --store_name was asked for; None -> start a new directory."""
+    ckpt_dir = Path(args.resume).resolve().parent
+    if args.store_name and args.store_name != ckpt_dir.name:
+        return None
+    if (ckpt_dir / LOG_NAME).is_file() and not (ckpt_dir / RESULTS_NAME).exists():
+        return ckpt_dir
+    return None
+
+
+def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device, dataset_cls, logger, run_dir,
+                   start_epoch, best_loss, show) -> dict:
+    """Epoch loop (train, FDS update, validate, checkpoint), then test the best checkpoint."""
+    loss_fn = get_loss(args.loss)
+    regularizer = ranksim_regularizer(args.regularization_weight, args.interpolation_lambda)
+    score_name = "mse" if args.loss == "mse" else "mae"
+    ckpt_path, best_path = run_dir / CKPT_NAME, run_dir / BEST_NAME
+    last_good = args.resume or None  # newest checkpoint of a completed epoch, for the divergence message
+
+    for epoch in range(start_epoch, args.epoch):
+        lr = lr_at(epoch, args.lr, args.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        try:
+            train_stats = train_one_epoch(model, loaders["train"], optimizer, loss_fn, device, epoch,
+                                          regularizer=regularizer, frozen_backbone=args.retrain_fc,
+                                          show_progress=show, desc=f"epoch {epoch + 1}/{args.epoch}",
+                                          log_every=args.print_freq, log_fn=logger.info)
+        except DivergenceError as exc:
+            kept = (f"the last good checkpoint is {last_good}" if last_good
+                    else "no checkpoint was written (it diverged in the first epoch)")
+            raise UserError(f"{exc}; stopped, {kept}; lower --lr (or --regularization_weight) and "
+                            f"{'resume it with --resume ' + str(last_good) if last_good else 'start again'}") from None
+        if args.fds and epoch >= args.start_update:
+            update_fds_statistics(model, loaders["train"], device, epoch, frozen_backbone=args.retrain_fc,
+                                  show_progress=show)
+
+        preds, labels = predict(model, loaders["val"], device, show, desc="val")
+        val = regression_metrics(preds, labels, age_shot_groups(train_labels, labels))["all"]
+        is_best = val[score_name] < best_loss
+        best_loss = min(best_loss, val[score_name])
+
+        # The published layout plus what an exact resume needs (RNG state; the lr follows from the epoch).
+        state = make_checkpoint(model, optimizer, epoch + 1, best_loss, arch=args.model,
+                                extra={"rng": capture_rng_state(), "args": vars(args)})
+        if logger.enabled:  # only the main process writes files
+            if is_best:  # best first: a kill between the two writes then repeats this epoch, losing nothing
+                save_checkpoint(state, best_path)
+                copy_as_best(best_path, ckpt_path)
+            else:
+                save_checkpoint(state, ckpt_path)
+        last_good = ckpt_path
+        reg = f" (ranksim {train_stats['reg']:.4f})" if regularizer is not None else ""
+        logger.info(f"epoch {epoch + 1}/{args.epoch} lr {lr:.3g} | train loss {train_stats['loss']:.4f}{reg} | "
+                    f"val MSE {val['mse']:.3f} MAE {val['mae']:.3f} GM {val['gmean']:.3f} | "
+                    f"best {score_name.upper()} {best_loss:.3f}{' (new best)' if is_best else ''}")
+        logger.scalars({"train/loss": train_stats["loss"], "train/ranksim": train_stats["reg"], "lr": lr,
+                        "val/mse": val["mse"], "val/mae": val["mae"], "val/gmean": val["gmean"]}, epoch + 1)
+
+    best = load_checkpoint(best_path)
+    load_model_state(model, state_dict_of(best, os.fspath(best_path)), source=os.fspath(best_path))
+    tested = test_metrics(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
+    return finish(logger, run_dir, args, best_path, int(best["epoch"]), sizes, tested)
+
+
+def evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, dataset_cls, show) -> dict:
+    """--evaluate --resume CKPT: test CKPT (ours or the published code's) and write results.json."""
+    checkpoint = load_checkpoint(args.resume)
+    check_arch(checkpoint, args.resume, args.model)
+    # FDS buffers do not affect evaluation: ignored without --fds, allowed to be absent with it.
+    load_model_state(model, state_dict_of(checkpoint, args.resume), ignore_fds=not args.fds,
+                     allow_missing_fds=True, source=args.resume)
+    parent = Path(args.resume).resolve().parent.name or "checkpoint"
+    run_dir = make_run_dir(args.store_root, args.store_name or
+                           f"evaluate_{parent}_{time.strftime('%Y%m%d-%H%M%S')}")
+    with RunLogger(run_dir, enabled=show) as logger:
+        tested = test_metrics(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
+        epoch = checkpoint.get("epoch")
+        return finish(logger, run_dir, args, args.resume, int(epoch) if epoch is not None else None, sizes, tested)

@@ -1,0 +1,150 @@
+"""One epoch of training, prediction over a split, and the FDS statistics pass (SPEC §1.6, §3).
+
+These functions know nothing about argparse or files: ``age_train.py`` wires them together.
+The feature regularizer is passed in as one callable ``regularizer(features [B, D], targets [B, 1])
+-> scalar`` so that a distributed run can swap in a version that gathers the global batch first.
+"""
+import math
+from typing import Callable, Iterable, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from ranksim.checkpoint import unwrap_model
+from ranksim.errors import UserError
+from ranksim.regularizer import batchwise_ranking_regularizer
+
+# A loss above this is treated as divergence. The largest honest losses of the age benchmarks are
+# MSE of an untrained model (~1e4) and gamma * RankSim (gamma 100 * at most the batch size).
+EXPLODING_LOSS = 1e8
+
+FeatureRegularizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DivergenceError(UserError):
+    """The training loss became NaN/inf or exploded; the epoch is abandoned."""
+
+
+def ranksim_regularizer(gamma: float, interpolation_lambda: float) -> Optional[FeatureRegularizer]:
+    """gamma * RankSim(features, targets, lambda) as one callable, or None when gamma == 0 (off)."""
+    if gamma == 0:
+        return None
+
+    def regularizer(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return gamma * batchwise_ranking_regularizer(features, targets, interpolation_lambda)
+
+    return regularizer
+
+
+def freeze_all_but_head(model: nn.Module, head_prefix: str = "linear.") -> None:
+    """RRT: no gradient for any parameter outside the head."""
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith(head_prefix)
+
+
+def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
+    """model.train(); with a frozen backbone (RRT) its BatchNorm layers stay in eval mode, so their
+    running statistics do not drift and only the head changes."""
+    model.train()
+    if frozen_backbone:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def progress(iterable: Iterable, desc: str, show: bool) -> tqdm:
+    """tqdm bar that disappears when done; show=False hides it (non-main processes). The TQDM_DISABLE=1
+    environment variable also hides it (explicit ``disable=`` would override that, so it is not passed)."""
+    kwargs = {} if show else {"disable": True}
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def _to_device(batch, device: torch.device):
+    return [t.to(device, non_blocking=True) for t in batch]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor],
+    device: torch.device,
+    epoch: int,
+    regularizer: Optional[FeatureRegularizer] = None,
+    frozen_backbone: bool = False,
+    show_progress: bool = True,
+    desc: str = "train",
+    log_every: int = 0,
+    log_fn: Optional[Callable[[str], None]] = None,
+) -> dict:
+    """Train ``model`` for one pass over ``loader`` (batches of (images, labels [B,1], weights [B,1])).
+
+    loss = loss_fn(pred, labels, weights) [+ regularizer(encoding, labels)]. Returns
+    {"loss": mean total loss, "reg": mean regularizer term (0 when off)} over the samples.
+    Raises DivergenceError on a NaN/inf/exploding loss before the optimizer step that would apply it.
+    log_fn(line) is called with the running loss every ``log_every`` iterations (0: never).
+    """
+    set_train_mode(model, frozen_backbone)
+    total_loss = total_reg = 0.0
+    seen = 0
+    bar = progress(loader, desc, show_progress)
+    for step, batch in enumerate(bar):
+        images, labels, weights = _to_device(batch, device)
+        output = model(images, labels, epoch)
+        pred, encoding = output if isinstance(output, tuple) else (output, None)
+        loss = loss_fn(pred, labels, weights)
+        reg = None
+        if regularizer is not None:
+            reg = regularizer(encoding, labels)
+            loss = loss + reg
+        value = loss.item()
+        if not math.isfinite(value) or abs(value) > EXPLODING_LOSS:
+            bar.close()
+            raise DivergenceError(f"training diverged at epoch {epoch + 1}, step {step + 1}: loss = {value:.4g}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        n = labels.shape[0]
+        seen += n
+        total_loss += value * n
+        total_reg += (reg.item() if reg is not None else 0.0) * n
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        if log_fn is not None and log_every > 0 and (step + 1) % log_every == 0:
+            log_fn(f"{desc} [{step + 1}/{len(loader)}] running loss {total_loss / seen:.4f}")
+    bar.close()
+    return {"loss": total_loss / max(seen, 1), "reg": total_reg / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, device: torch.device, show_progress: bool = True,
+            desc: str = "eval") -> Tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels (float64 [N] each) of ``model`` in eval mode over ``loader``."""
+    model.eval()
+    preds, labels = [], []
+    for images, targets, _ in progress(loader, desc, show_progress):
+        out = model(images.to(device, non_blocking=True))
+        preds.append(out.float().cpu())
+        labels.append(targets)
+    if not preds:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(preds).double().numpy().reshape(-1), torch.cat(labels).double().numpy().reshape(-1)
+
+
+@torch.no_grad()
+def update_fds_statistics(model: nn.Module, loader: Iterable, device: torch.device, epoch: int,
+                          frozen_backbone: bool = False, show_progress: bool = True) -> None:
+    """SPEC §3, after training epoch ``epoch``: run the train split through the model in train mode
+    (augmentation on, targets passed so smoothing applies), then update the FDS statistics."""
+    set_train_mode(model, frozen_backbone)
+    features, labels = [], []
+    for images, targets, _ in progress(loader, "fds stats", show_progress):
+        images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        _, encoding = model(images, targets, epoch)
+        features.append(encoding)
+        labels.append(targets)
+    fds = unwrap_model(model).FDS
+    fds.update_last_epoch_stats(epoch)
+    fds.update_running_stats(torch.cat(features), torch.cat(labels), epoch)
