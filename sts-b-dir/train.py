@@ -1,0 +1,500 @@
+"""Train and evaluate the STS-B-DIR BiLSTM regressor, with LDS / FDS / re-weighting / RankSim (SPEC §8).
+
+Training is iteration-based as published: Adam, batch 16, validation every --val_interval iterations,
+at most --max_vals checks, early stopping on validation MSE, the best checkpoint kept, then the test
+split is evaluated with it. The model predicts score / 5; metrics are on prediction * 5.
+
+    python train.py                                                       # Vanilla
+    python train.py --regularization_weight 3e-4 --interpolation_lambda 2 # + RankSim
+    python train.py --reweight inverse --lds --fds --regularization_weight 3e-4 --interpolation_lambda 2
+    python train.py --loss focal_mse                                      # Focal-R
+    python train.py --retrain_fc --pretrained <run>/ckpt.best.pth.tar --reweight inverse  # RRT stage 2
+    python train.py --evaluate --eval_model <run>/ckpt.best.pth.tar       # test a checkpoint
+    python train.py --resume <run>/ckpt.pth.tar                           # continue a run
+
+Run directory <store_root>/<store_name>/: training.log, TensorBoard events, vocab.txt, ckpt.pth.tar
+(latest check), ckpt.best.pth.tar, results.json, test_predictions.tsv. A finished run is never
+written to again.
+"""
+import argparse
+import functools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from datasets import (
+    PAD_INDEX,
+    PairDataset,
+    build_vocab,
+    collate_pairs,
+    load_glove_matrix,
+    load_splits,
+    vocab_fingerprint,
+)
+from models import HEAD_NAME, STSBModel
+from tqdm import tqdm
+
+from ranksim.checkpoint import (
+    capture_rng_state,
+    copy_as_best,
+    load_checkpoint,
+    load_model_state,
+    make_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    state_dict_of,
+)
+from ranksim.engine import (
+    EXPLODING_LOSS,
+    DivergenceError,
+    freeze_all_but_head,
+    predict,
+    update_fds_statistics,
+)
+from ranksim.engine import ranksim_regularizer as make_ranksim_regularizer
+from ranksim.errors import UserError, run_cli
+from ranksim.losses import LOSSES, get_loss
+from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
+from ranksim.runs import (
+    RESULTS_NAME,
+    RunLogger,
+    make_run_dir,
+    seed_everything,
+    select_device,
+    write_results_json,
+)
+from ranksim.weighting import REWEIGHTS, label_weights, stsb_bin_of
+
+DATASET = "sts-b"
+ARCH = "sts-b-bilstm"
+SCORE_SCALE = 5.0  # the model is trained on score / 5
+GM_EPS = 1e-10  # STS-B: absolute errors equal to 0 become 1e-10 before the geometric mean (SPEC §5)
+EVAL_BATCH_SIZE = 128  # prediction passes only (no gradient); results do not depend on it
+CKPT_NAME, BEST_NAME = "ckpt.pth.tar", "ckpt.best.pth.tar"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    # data and embeddings
+    a("--data_dir", default="./glue_data/STS-B", help="folder with train_new.tsv, dev_new.tsv, test_new.tsv")
+    a("--word_embs_file", default="./glove/glove.840B.300d.txt", help="GloVe text file")
+    a("--glove", type=int, default=1, choices=[0, 1], help="1: GloVe vectors; 0: random N(0,1) embeddings")
+    a("--max_seq_len", type=int, default=40, help="tokens kept per sentence")
+    a("--max_word_v_size", type=int, default=30000, help="vocabulary words (besides padding/unknown)")
+    # model
+    a("--d_word", type=int, default=300, help="word vector size")
+    a("--train_words", type=int, default=0, choices=[0, 1], help="1: fine-tune the word embeddings")
+    a("--d_hid", type=int, default=1500, help="LSTM hidden size per direction")
+    a("--n_layers_enc", type=int, default=2, help="LSTM layers")
+    a("--dropout", type=float, default=0.2, help="dropout on the embeddings and the LSTM outputs")
+    # optimisation
+    a("--optimizer", default="adam", choices=["adam", "sgd"])
+    a("--lr", type=float, default=2.5e-4)
+    a("--weight_decay", type=float, default=1e-5)
+    a("--momentum", type=float, default=0.9, help="SGD momentum")
+    a("--batch_size", type=int, default=16)
+    a("--loss", default="mse", choices=sorted(LOSSES))
+    a("--huber_beta", type=float, default=0.3, help="Huber loss threshold (on score / 5)")
+    a("--max_grad_norm", type=float, default=5.0, help="gradient-norm clip (0: off)")
+    a("--val_interval", type=int, default=400, help="iterations between validation checks")
+    a("--max_vals", type=int, default=300, help="maximum number of validation checks")
+    a("--patience", type=int, default=30, help="early stop: see SPEC §8 (P = patience + 1)")
+    # imbalance methods
+    a("--reweight", default="none", choices=list(REWEIGHTS), help="cost-sensitive re-weighting")
+    a("--lds", action="store_true", help="label distribution smoothing of the re-weighting")
+    a("--lds_kernel", default="gaussian", choices=["gaussian", "triang", "laplace"])
+    a("--lds_ks", type=int, default=5)
+    a("--lds_sigma", type=float, default=2)
+    a("--fds", action="store_true", help="feature distribution smoothing")
+    a("--fds_kernel", default="gaussian", choices=["gaussian", "triang", "laplace"])
+    a("--fds_ks", type=int, default=5)
+    a("--fds_sigma", type=float, default=2)
+    a("--start_update", type=int, default=0, help="first epoch whose features update the FDS statistics")
+    a("--start_smooth", type=int, default=1, help="first epoch in which FDS smooths the features")
+    a("--bucket_num", type=int, default=50)
+    a("--bucket_start", type=int, default=0)
+    a("--fds_mmt", type=float, default=0.9, help="FDS momentum")
+    a("--regularization_weight", type=float, default=0.0, help="RankSim gamma (0: off)")
+    a("--interpolation_lambda", type=float, default=1.0, help="RankSim lambda")
+    a("--retrain_fc", action="store_true", help="RRT: retrain only the head (needs --pretrained)")
+    a("--pretrained", default="", help="checkpoint whose encoder RRT starts from")
+    # runs
+    a("--evaluate", action="store_true", help="only evaluate --eval_model on the test split")
+    a("--eval_model", default="", help="checkpoint to evaluate (ours or a published model_state_best.th)")
+    a("--resume", default="", help="checkpoint (ckpt.pth.tar) of a run to continue")
+    a("--store_root", default="checkpoint", help="folder of run directories")
+    a("--store_name", default="", help="run directory name (default: derived from the settings)")
+    a("--random_seed", type=int, default=111)
+    a("--gpu", type=int, default=None, help="CUDA device index (default: CUDA when available, else CPU)")
+    a("--no_progress", action="store_true", help="no progress bars")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot work -> UserError naming the flag."""
+    positive = ("max_seq_len", "max_word_v_size", "d_word", "d_hid", "n_layers_enc", "batch_size",
+                "val_interval", "max_vals")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.patience < 0:
+        raise UserError(f"--patience {args.patience}: must be 0 or more")
+    if not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout {args.dropout}: must be in [0, 1)")
+    if args.lds and args.reweight == "none":
+        raise UserError("--lds smooths the re-weighting: pass --reweight inverse or sqrt_inv with it")
+    if args.regularization_weight < 0:
+        raise UserError(f"--regularization_weight {args.regularization_weight}: must be >= 0 (0 turns RankSim off)")
+    if args.retrain_fc and not (args.pretrained or args.resume):
+        raise UserError("--retrain_fc needs --pretrained <checkpoint> (the encoder to keep)")
+    if args.pretrained and not args.retrain_fc:
+        raise UserError("--pretrained is only used with --retrain_fc (RRT); to continue a run use --resume")
+    if args.evaluate and not args.eval_model:
+        raise UserError("--evaluate needs --eval_model <checkpoint>")
+    if args.resume and (args.evaluate or args.pretrained):
+        raise UserError("--resume continues a training run (it holds the whole model); "
+                        "it cannot be combined with --evaluate or --pretrained")
+    if args.store_name and ("/" in args.store_name or args.store_name in (".", "..")):
+        raise UserError(f"--store_name {args.store_name!r}: must be a plain directory name")
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """Default run directory name: the settings that tell runs apart, and a timestamp."""
+    parts = [DATASET, "bilstm"]
+    if args.evaluate:
+        parts.append("eval")
+    if args.retrain_fc:
+        parts.append("rrt")
+    if args.reweight != "none":
+        parts.append(args.reweight)
+    if args.lds:
+        parts.append(f"lds_{args.lds_kernel[:3]}_{args.lds_ks}_{args.lds_sigma:g}")
+    if args.fds:
+        parts.append(f"fds_{args.fds_kernel[:3]}_{args.fds_ks}_{args.fds_sigma:g}_{args.start_update}_"
+                     f"{args.start_smooth}_{args.fds_mmt:g}")
+    if args.regularization_weight > 0:
+        parts.append(f"reg{args.regularization_weight:g}_il{args.interpolation_lambda:g}")
+    parts += [args.optimizer, args.loss, f"lr{args.lr:g}", f"bs{args.batch_size}", f"hid{args.d_hid}",
+              time.strftime("%Y%m%d-%H%M%S")]
+    return "_".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+def test_metrics(preds: np.ndarray, scores: np.ndarray) -> Dict[str, dict]:
+    """MSE, MAE, GM, Pearson, Spearman overall and per shot group; preds and scores on [0, 5] ([N])."""
+    return regression_metrics(preds, scores, stsb_shot_groups(scores), gm_eps=GM_EPS, gm_eps_mode="zeros",
+                              correlations=True)
+
+
+def predict_scores(model, loader, device, show_progress: bool, desc: str):
+    """(predicted scores = model output * 5, true scores), float64 [N] each, unclipped."""
+    preds, scores = predict(model, loader, device, show_progress=show_progress, desc=desc)
+    return preds * SCORE_SCALE, scores
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> List[np.ndarray]:
+    """Index batches of one epoch: a permutation drawn from (seed, epoch) alone, so a resumed run
+    replays exactly the batches the interrupted one would have seen. The last batch may be smaller."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_samples, generator=generator).numpy()
+    return [order[i:i + batch_size] for i in range(0, num_samples, batch_size)]
+
+
+def should_stop_early(val_history: List[float], patience: int) -> bool:
+    """SPEC §8, as published: with P = patience + 1, once the history (this check included) is longer
+    than P, stop when this check's value is >= every one of the last P values."""
+    window = patience + 1
+    return len(val_history) > window and val_history[-1] >= max(val_history[-window:])
+
+
+class Progress:
+    """Where training stands; saved in every checkpoint so --resume continues at the same batch."""
+
+    def __init__(self):
+        self.iteration = 0  # optimizer steps taken
+        self.epoch = 0  # completed passes over the train split (= the epoch now running, 0-based)
+        self.batch_in_epoch = 0  # batches of the current epoch already used
+        self.val_history: List[float] = []  # validation MSE of every check
+        self.best_val_mse = math.inf
+        self.best_iteration = 0
+
+    def state(self) -> dict:
+        return {"iteration": self.iteration, "batch_in_epoch": self.batch_in_epoch,
+                "val_history": list(self.val_history), "best_iteration": self.best_iteration}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> "Progress":
+        progress = cls()
+        progress.epoch = int(checkpoint["epoch"])
+        progress.best_val_mse = float(checkpoint["best_loss"])
+        progress.iteration = int(checkpoint["iteration"])
+        progress.batch_in_epoch = int(checkpoint["batch_in_epoch"])
+        progress.val_history = [float(v) for v in checkpoint["val_history"]]
+        progress.best_iteration = int(checkpoint["best_iteration"])
+        return progress
+
+
+def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int, max_grad_norm: float):
+    """One optimizer step on ``batch`` -> (total loss, RankSim term) as floats.
+
+    loss = loss_fn(pred, score / 5, weight) [+ gamma * RankSim(pair features, score / 5)]; FDS (inside
+    the model) buckets by the raw scores.
+    """
+    inputs, scores, weights = (t.to(device, non_blocking=True) for t in batch)
+    targets = scores / SCORE_SCALE
+    output = model(inputs, scores, epoch)
+    pred, features = output if isinstance(output, tuple) else (output, None)
+    loss = loss_fn(pred, targets, weights)
+    reg = regularizer(features, targets) if regularizer is not None else None
+    if reg is not None:
+        loss = loss + reg
+    value = loss.item()
+    if not math.isfinite(value) or abs(value) > EXPLODING_LOSS:
+        raise DivergenceError(f"training diverged at epoch {epoch + 1}: loss = {value:.4g}; "
+                              "lower --lr or --regularization_weight")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    return value, (reg.item() if reg is not None else 0.0)
+
+
+def make_optimizer(model, args):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def checkpoint_vocab_check(checkpoint: dict, vocab: List[str], source: str, log) -> None:
+    """Our checkpoints record the vocabulary's fingerprint: refuse one built from other data."""
+    saved = checkpoint.get("vocab_fingerprint")
+    if saved is None:
+        log(f"note: {source} records no vocabulary (e.g. a published model_state_best.th); it must have been "
+            "trained on these data files with the same --max_seq_len / --max_word_v_size")
+    elif saved != vocab_fingerprint(vocab):
+        raise UserError(
+            f"{source}: trained with another vocabulary (fingerprint {saved}, this data gives "
+            f"{vocab_fingerprint(vocab)}); use the --data_dir, --max_seq_len and --max_word_v_size it was trained with")
+
+
+def train(args, model, optimizer, progress: Progress, splits, datasets_, device, run_dir: Path,
+          logger: RunLogger, vocab: List[str]) -> Progress:
+    """The iteration-based loop: steps, epoch-boundary FDS refresh, validation checks, checkpoints."""
+    show = not args.no_progress
+    train_set = datasets_["train"]
+    val_loader = torch.utils.data.DataLoader(datasets_["val"], batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs)
+    fds_loader = torch.utils.data.DataLoader(train_set, batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs)
+    loss_fn = get_loss(args.loss)
+    if args.loss == "huber":
+        loss_fn = functools.partial(loss_fn, beta=args.huber_beta)
+    regularizer = make_ranksim_regularizer(args.regularization_weight, args.interpolation_lambda)
+    frozen_encoder = args.retrain_fc
+
+    batches = epoch_batches(len(train_set), args.batch_size, args.random_seed, progress.epoch)
+    while len(progress.val_history) < args.max_vals:
+        model.train()  # RRT too: the frozen encoder has no BatchNorm, only dropout (as in training)
+        loss_sum = reg_sum = 0.0
+        bar = tqdm(range(args.val_interval), desc=f"check {len(progress.val_history) + 1}", leave=False,
+                   disable=not show, dynamic_ncols=True)
+        for step in bar:
+            batch = collate_pairs([train_set[i] for i in batches[progress.batch_in_epoch]])
+            loss, reg = train_step(model, batch, optimizer, loss_fn, regularizer, device, progress.epoch,
+                                   args.max_grad_norm)
+            progress.iteration += 1
+            progress.batch_in_epoch += 1
+            loss_sum, reg_sum = loss_sum + loss, reg_sum + reg
+            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", epoch=progress.epoch, refresh=False)
+            if progress.batch_in_epoch == len(batches):  # epoch boundary
+                if args.fds and progress.epoch >= args.start_update:
+                    update_fds_statistics(model, fds_loader, device, progress.epoch, frozen_encoder, show)
+                    model.train()
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                batches = epoch_batches(len(train_set), args.batch_size, args.random_seed, progress.epoch)
+        bar.close()
+
+        preds, scores = predict_scores(model, val_loader, device, show, "val")
+        val = test_metrics(preds, scores)["all"]
+        progress.val_history.append(val["mse"])
+        is_best = val["mse"] < progress.best_val_mse
+        if is_best:
+            progress.best_val_mse, progress.best_iteration = val["mse"], progress.iteration
+        check = len(progress.val_history)
+        logger.info(f"check {check}/{args.max_vals} | iter {progress.iteration} | epoch {progress.epoch} | "
+                    f"train loss {loss_sum / args.val_interval:.4f} (RankSim {reg_sum / args.val_interval:.4f}) | "
+                    f"val mse {val['mse']:.4f} mae {val['mae']:.4f} pearson {val['pearson'] or 0:.4f} | "
+                    f"best mse {progress.best_val_mse:.4f} @ iter {progress.best_iteration}" + (" *" if is_best else ""))
+        logger.scalars({"train/loss": loss_sum / args.val_interval, "train/ranksim": reg_sum / args.val_interval,
+                        "val/mse": val["mse"], "val/mae": val["mae"], "val/pearson": val["pearson"] or 0.0,
+                        "val/spearman": val["spearman"] or 0.0, "train/epoch": progress.epoch},
+                       progress.iteration)
+        save_checkpoint(make_checkpoint(model, optimizer, progress.epoch, progress.best_val_mse, arch=ARCH,
+                                        module_prefix=False, extra={
+                                            **progress.state(), "rng": capture_rng_state(),
+                                            "vocab_fingerprint": vocab_fingerprint(vocab),
+                                            "args": vars(args)}),
+                        run_dir / CKPT_NAME)
+        if is_best:
+            copy_as_best(run_dir / CKPT_NAME, run_dir / BEST_NAME)
+        if should_stop_early(progress.val_history, args.patience):
+            logger.info(f"early stop: val mse {val['mse']:.4f} is the worst of the last {args.patience + 1} checks")
+            break
+    return progress
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def build_model(args, vocab, embeddings: Optional[torch.Tensor]) -> STSBModel:
+    return STSBModel(
+        len(vocab), d_word=args.d_word, d_hid=args.d_hid, n_layers=args.n_layers_enc, dropout=args.dropout,
+        fds=args.fds, return_features=args.regularization_weight > 0, train_words=bool(args.train_words),
+        embeddings=embeddings, start_update=args.start_update, start_smooth=args.start_smooth,
+        kernel=args.fds_kernel, ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt,
+        bucket_num=args.bucket_num, bucket_start=args.bucket_start)
+
+
+def initial_embeddings(args, vocab, logger) -> torch.Tensor:
+    """GloVe (--glove 1) or N(0, 1) rows (--glove 0); padding row zero either way."""
+    if args.glove:
+        matrix, found = load_glove_matrix(args.word_embs_file, vocab, args.d_word, args.random_seed, log=logger.info)
+        logger.info(f"GloVe: {found} of {len(vocab)} vocabulary entries found; the others are N(0, 1)")
+        return matrix
+    generator = torch.Generator().manual_seed(args.random_seed)
+    matrix = torch.randn(len(vocab), args.d_word, generator=generator)
+    matrix[PAD_INDEX] = 0.0
+    return matrix
+
+
+def resume_run_dir(args) -> Path:
+    """Continue in the checkpoint's run directory while that run is unfinished (no results.json) and no
+    other --store_name was asked for. A finished run is never written to again: its continuation gets
+    a fresh directory, which starts with a copy of the finished run's best checkpoint."""
+    old_dir = Path(args.resume).resolve().parent
+    if not (old_dir / RESULTS_NAME).exists() and args.store_name in ("", old_dir.name):
+        return old_dir
+    run_dir = make_run_dir(args.store_root, args.store_name or old_dir.name)
+    if (old_dir / BEST_NAME).is_file():
+        copy_as_best(old_dir / BEST_NAME, run_dir / BEST_NAME)
+    return run_dir
+
+
+def main(argv=None) -> Dict:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    seed_everything(args.random_seed)
+    device = select_device(args.gpu)
+
+    splits = load_splits(args.data_dir, args.max_seq_len)  # UserError for missing/bad files first
+    vocab = build_vocab(splits, args.max_word_v_size)
+    weights = label_weights(splits["train"].scores, args.reweight, args.lds, args.lds_kernel, args.lds_ks,
+                            args.lds_sigma, label_kind="stsb")
+    datasets_ = {"train": PairDataset(splits["train"], vocab, weights),
+                 "val": PairDataset(splits["val"], vocab), "test": PairDataset(splits["test"], vocab)}
+
+    resume = load_checkpoint(args.resume) if args.resume else None
+    if resume is not None:
+        run_dir = resume_run_dir(args)
+    else:
+        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+    logger = RunLogger(run_dir)
+    try:
+        logger.info("command: train.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        return run(args, device, splits, vocab, datasets_, resume, run_dir, logger)
+    finally:
+        logger.close()
+
+
+def run(args, device, splits, vocab, datasets_, resume, run_dir: Path, logger: RunLogger) -> Dict:
+    logger.info(f"run directory: {run_dir}")
+    logger.info(f"device: {device}; sizes: train {len(splits['train'])}, val {len(splits['val'])}, "
+                f"test {len(splits['test'])} pairs; vocabulary {len(vocab)} entries")
+    (run_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+
+    # Where the weights come from decides whether GloVe is needed: a checkpoint carries the embeddings.
+    source = args.eval_model if args.evaluate else (args.resume or args.pretrained)
+    embeddings = None if source else initial_embeddings(args, vocab, logger)
+    if args.evaluate:
+        args.fds = False  # FDS is never applied in evaluation; its checkpoint buffers are ignored
+    model = build_model(args, vocab, embeddings).to(device)
+
+    head_key = HEAD_NAME + "."
+    if args.evaluate or (args.retrain_fc and resume is None):
+        checkpoint = load_checkpoint(source)
+        checkpoint_vocab_check(checkpoint, vocab, source, logger.info)
+        load_model_state(model, state_dict_of(checkpoint, source), ignore_fds=not args.fds, source=source,
+                         skip=(lambda key: key.startswith(head_key)) if args.retrain_fc else None)
+    if args.retrain_fc:
+        freeze_all_but_head(model, head_prefix=head_key)
+        logger.info(f"RRT: encoder{' and FDS statistics' if args.fds else ''} from {source}; "
+                    f"training only {HEAD_NAME}")
+    optimizer = make_optimizer(model, args)
+    progress = Progress()
+    if resume is not None:
+        checkpoint_vocab_check(resume, vocab, args.resume, logger.info)
+        load_model_state(model, state_dict_of(resume, args.resume), source=args.resume)
+        if "iteration" not in resume or resume.get("optimizer") is None:
+            raise UserError(f"{args.resume}: not a training checkpoint of this program (no progress/optimizer "
+                            "state); pass <run>/ckpt.pth.tar")
+        try:
+            optimizer.load_state_dict(resume["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise UserError(f"--resume {args.resume}: its optimizer state does not fit this run "
+                            f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
+                            "--retrain_fc settings of the original run") from None
+        progress = Progress.from_checkpoint(resume)
+        if not (run_dir / BEST_NAME).is_file():
+            progress.best_val_mse = math.inf  # no best checkpoint to compare against: the next check is best
+        restore_rng_state(resume["rng"])
+        logger.info(f"resumed from {args.resume}: iteration {progress.iteration}, "
+                    f"{len(progress.val_history)} checks done, best val mse {progress.best_val_mse:.4f}")
+
+    best_path = Path(source) if args.evaluate else run_dir / BEST_NAME
+    checkpoint_epoch = None
+    if not args.evaluate:
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"training {n_trainable:,} parameters; {args.val_interval} iterations per check, "
+                    f"at most {args.max_vals} checks")
+        progress = train(args, model, optimizer, progress, splits, datasets_, device, run_dir, logger, vocab)
+        best = load_checkpoint(best_path)
+        load_model_state(model, state_dict_of(best, str(best_path)), source=str(best_path))
+        checkpoint_epoch = best.get("epoch")
+        logger.info(f"best checkpoint: iteration {progress.best_iteration}, val mse {progress.best_val_mse:.4f}")
+
+    test_loader = torch.utils.data.DataLoader(datasets_["test"], batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs)
+    preds, scores = predict_scores(model, test_loader, device, not args.no_progress, "test")
+    metrics = test_metrics(preds, scores)
+    logger.info(f"test metrics ({best_path}):\n{format_metrics_table(metrics)}")
+    write_predictions(run_dir / "test_predictions.tsv", preds, scores)
+    results = {
+        "dataset": DATASET, "split": "test", "checkpoint": str(best_path), "epoch": checkpoint_epoch,
+        "iteration": None if args.evaluate else progress.best_iteration,
+        "args": vars(args),
+        "sizes": {name: len(split) for name, split in splits.items()},
+        "metrics": metrics,
+        "per_label": per_label_mae(preds, scores, label_of=stsb_bin_of),
+    }
+    write_results_json(run_dir, results)
+    logger.info(f"results: {run_dir / RESULTS_NAME}")
+    return results
+
+
+def write_predictions(path: Path, preds: np.ndarray, scores: np.ndarray) -> None:
+    """Test predictions, clipped to [0, 5] as published (metrics use the unclipped values)."""
+    clipped = np.clip(preds, 0.0, SCORE_SCALE)
+    lines = ["index\tscore\tprediction"] + [f"{i}\t{s:.3f}\t{p:.6f}" for i, (s, p) in enumerate(zip(scores, clipped))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    run_cli(main)
