@@ -88,10 +88,18 @@ def expected_split_sizes(ages: Sequence, k: int, cap: int) -> Dict[str, int]:
     return {"train": len(ages) - 2 * held_out, "val": held_out, "test": held_out}
 
 
-def make_split_table(meta: pd.DataFrame, k: int, cap: int, seed: int = SPLIT_SEED) -> pd.DataFrame:
-    """Metadata ``age,path`` rows -> the split table ``age,path,split`` (same row order)."""
+def make_split_table(meta: pd.DataFrame, k: int, cap: int, seed: int = SPLIT_SEED,
+                     source: str = "metadata") -> pd.DataFrame:
+    """Metadata ``age,path`` rows -> the split table ``age,path,split`` (same row order).
+
+    UserError (naming ``source``) when no age 0..120 has the ``k`` rows needed to hold one out, since
+    val and test would be empty: the raw data is then incomplete.
+    """
     table = pd.DataFrame({"age": _integer_ages(meta["age"].to_numpy()), "path": meta["path"].to_numpy()})
     table["split"] = balanced_split(table["age"].to_numpy(), k=k, cap=cap, seed=seed)
+    if cap > 0 and not (table["split"] == "val").any():
+        raise UserError(f"{source}: {len(table)} images leave val and test empty (an age needs at least {k} "
+                        f"images to give one to each); is the raw data complete?")
     return table
 
 
@@ -335,3 +343,45 @@ def imdb_wiki_metadata(data_dir: "str | os.PathLike") -> Tuple[pd.DataFrame, Dic
         frames.append(rows)
         counts[struct_name] = (len(rows), total)
     return pd.concat(frames, ignore_index=True), counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Published split files
+# ---------------------------------------------------------------------------------------------------
+
+# The RankSim repository at the commit whose split files the paper's numbers were produced with (SPEC §6).
+PUBLISHED_REPO = "BorealisAI/ranksim-imbalanced-regression"
+PUBLISHED_COMMIT = "9e1c862906e9c4c699803e0fece8b843ba6f3bc2"
+AGEDB_CSV_SHA256 = "ab9f8d4c7099a9d74ec5094c42b6fe9f1927a166a48d2ab800a88b2fd6081252"
+
+
+def raw_github_url(repo: str, commit: str, path: str) -> str:
+    """URL of ``path`` in GitHub repository ``repo`` ("owner/name") at ``commit``."""
+    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+
+
+def download_split_csv(url: str, dest: "str | os.PathLike", sha256: "str | None" = None,
+                       force: bool = False) -> pd.DataFrame:
+    """Download a published split CSV to ``dest`` and return its validated table.
+
+    The file is fetched (resumably) to ``<dest>.download``; its sha256 (when given) and its layout
+    (:func:`validate_split_table`) are checked before it is renamed to ``dest``, so ``dest`` only ever
+    holds a verified file. A file that fails a check is deleted. ``dest`` is replaced only with ``force``.
+    """
+    from ranksim.download import download  # local import: only the download scripts need it
+
+    dest = os.fspath(dest)
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise UserError(f"--sha256 {sha256}: not a sha256 digest (64 hex digits); pass the full hex digest")
+    refuse_overwrite(dest, force)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    staging = dest + ".download"
+    download(url, staging, sha256=sha256, desc=os.path.basename(dest))
+    try:
+        table = read_split_csv(staging, f"check --url {url}")
+    except UserError as exc:
+        os.unlink(staging)
+        raise UserError(f"{url}: the downloaded file is not a split CSV and was deleted ({exc}); "
+                        f"check --url") from None
+    os.replace(staging, dest)
+    return table

@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -253,6 +254,12 @@ WIKI_ROWS = [
 ]
 
 
+def repeated_rows(rows, times):
+    """``rows`` repeated ``times`` times with distinct paths (<copy>/<path>): enough images per age to
+    fill val and test."""
+    return [(r[0], r[1], f"{i:03d}/{r[2]}", *r[3:]) for i in range(times) for r in rows]
+
+
 def write_mat(path, struct_name, rows):
     """A .mat file laid out like imdb.mat / wiki.mat: a 1x1 struct of [1, N] fields, full_path a cell."""
     full_path = np.empty(len(rows), dtype=object)
@@ -309,18 +316,25 @@ def run_script(folder, script, *args):
 
 
 def assert_one_line_error(result, *fragments):
+    """Exit status 2 and one ``error: ...`` line, the last on stderr (progress bars may precede it)."""
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in result.stderr, result.stderr
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in errors[0], errors[0]
 
 
 def test_create_agedb_script(tmp_path):
     data_dir = tmp_path / "data"
     assert_one_line_error(run_script("agedb-dir", "create_agedb.py", "--data_dir", data_dir),
                           "raw AgeDB folder not found", "on request by its authors")
+    make_agedb_folder(data_dir, AGEDB_FILES)  # 3 images: no age has the 3 needed for val and test
+    assert_one_line_error(run_script("agedb-dir", "create_agedb.py", "--data_dir", data_dir),
+                          "AgeDB: 3 images leave val and test empty")
+    assert sorted(os.listdir(data_dir)) == ["AgeDB"]  # nothing written
     names = [f"{i}_Person{i % 7}_{age}_{'mf'[i % 2]}.jpg" for i, age in enumerate(generated_ages(4))] + ["x.txt"]
+    shutil.rmtree(data_dir / "AgeDB")
     make_agedb_folder(data_dir, names)
     result = run_script("agedb-dir", "create_agedb.py", "--data_dir", data_dir)
     assert result.returncode == 0, result.stderr
@@ -343,8 +357,13 @@ def test_create_imdb_wiki_script(tmp_path):
     data_dir.mkdir()
     assert_one_line_error(run_script("imdb-wiki-dir", "create_imdb_wiki.py", "--data_dir", data_dir),
                           "imdb.mat: IMDB-WIKI metadata not found", "download_imdb_wiki.py")
+    write_mat(data_dir / "imdb_crop" / "imdb.mat", "imdb", IMDB_ROWS)
+    write_mat(data_dir / "wiki_crop" / "wiki.mat", "wiki", WIKI_ROWS)
+    assert_one_line_error(run_script("imdb-wiki-dir", "create_imdb_wiki.py", "--data_dir", data_dir),
+                          "8 images leave val and test empty")
+    assert sorted(os.listdir(data_dir)) == ["imdb_crop", "wiki_crop"]  # nothing written
     # Enough rows per age for a held-out set with k=5: repeat the hand-computed rows.
-    rows = [(r[0], r[1], f"{i:03d}/{r[2]}", *r[3:]) for i in range(12) for r in IMDB_ROWS]
+    rows = repeated_rows(IMDB_ROWS, 12)
     write_mat(data_dir / "imdb_crop" / "imdb.mat", "imdb", rows)
     write_mat(data_dir / "wiki_crop" / "wiki.mat", "wiki", WIKI_ROWS)
     result = run_script("imdb-wiki-dir", "create_imdb_wiki.py", "--data_dir", data_dir)

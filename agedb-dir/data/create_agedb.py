@@ -46,10 +46,10 @@ def main(argv=None):
     if skipped:
         print(f"warning: {os.path.join(args.data_dir, AGEDB_DIRNAME)}: skipped {len(skipped)} file(s) not named "
               f"<id>_<name>_<age>_<gender>.jpg, e.g. {skipped[0]!r}", file=sys.stderr)
+    table = make_split_table(meta, k=AGEDB_K, cap=AGEDB_CAP, source=os.path.join(args.data_dir, AGEDB_DIRNAME))
+
     write_csv_atomic(meta, meta_path, force=args.force)
     print(f"metadata: {len(meta)} images, ages {meta['age'].min()}..{meta['age'].max()} -> {meta_path}")
-
-    table = make_split_table(meta, k=AGEDB_K, cap=AGEDB_CAP)
     write_split_csv(table, split_path, force=args.force)
     print(f"split: {split_summary(table)} -> {split_path}")
 

@@ -45,10 +45,10 @@ def main(argv=None):
     meta, counts = imdb_wiki_metadata(args.data_dir)
     for name, (kept, total) in counts.items():
         print(f"{name}.mat: kept {kept} of {total} rows")
+    table = make_split_table(meta, k=IMDB_WIKI_K, cap=IMDB_WIKI_CAP, source=args.data_dir)
+
     write_csv_atomic(meta, meta_path, force=args.force)
     print(f"metadata: {len(meta)} images, ages {meta['age'].min()}..{meta['age'].max()} -> {meta_path}")
-
-    table = make_split_table(meta, k=IMDB_WIKI_K, cap=IMDB_WIKI_CAP)
     write_split_csv(table, split_path, force=args.force)
     print(f"split: {split_summary(table)} -> {split_path}")
 
