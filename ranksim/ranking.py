@@ -1,0 +1,128 @@
+"""Row-wise ranking and the blackbox-differentiable ranker used by RankSim (SPEC §1.4-1.5).
+
+Every function ranks all rows of an ``[n, m]`` tensor at once (one sort per call, no Python
+loop over rows) and works on any device.
+
+Rank convention (the one the published code uses): the rank of an element is its position in
+its row sorted in DEScending order, 0-based; among equal values the element with the LARGER
+column index comes first. ``rank_normalised`` maps ranks to ``(rank + 1) / m`` in (0, 1].
+"""
+from typing import Optional
+
+import torch
+
+
+def _descending_order(x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Column indices of each row of ``x`` [n, m] in rank order (int64 [n, m]).
+
+    A stable ascending sort keeps equal values in index order; flipping it gives descending
+    order with the larger index first among ties, which is the rank convention.
+    ``keep`` (bool, broadcastable to ``x``) marks the columns that take part: the others are
+    set to -inf so that they sort last and never change the ranks of the kept columns
+    (the kept values must be finite, which cosines and label distances are).
+    """
+    if keep is not None:
+        x = x.masked_fill(~keep, float("-inf"))
+    return torch.argsort(x, dim=-1, stable=True).flip(-1)
+
+
+def _ranks_from_order(order: torch.Tensor) -> torch.Tensor:
+    """Invert a per-row permutation: ``ranks[i, order[i, p]] = p`` (int64, same shape)."""
+    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
+
+
+def _masked_rank_normalised(
+    x: torch.Tensor, keep: Optional[torch.Tensor] = None, n_kept: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """``rank_normalised`` among the kept columns only (float32, shape of ``x``).
+
+    Kept columns get ``(rank among kept + 1) / n_kept``; values in dropped columns are
+    meaningless (callers mask them). ``n_kept`` is a tensor so that no host sync is needed.
+    """
+    ranks = _ranks_from_order(_descending_order(x, keep)).to(torch.float32) + 1.0
+    if keep is None:
+        return ranks / x.shape[-1]
+    return ranks / n_kept.to(torch.float32)
+
+
+def _check_2d(x: torch.Tensor) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a 2-D tensor [n, m] (rank every row), got shape {tuple(x.shape)}")
+
+
+def rank(x: torch.Tensor) -> torch.Tensor:
+    """0-based descending rank of every element within its row.
+
+    x: [n, m] tensor. Returns int64 [n, m]; ties: the larger column index ranks first.
+    Example: ``rank([[1., 3., 3., 2.]]) == [[3, 1, 0, 2]]``.
+    """
+    _check_2d(x)
+    return _ranks_from_order(_descending_order(x))
+
+
+def rank_normalised(x: torch.Tensor) -> torch.Tensor:
+    """``(rank(x) + 1) / m`` as float32 [n, m]: 1/m for the largest value of a row, 1 for the smallest."""
+    _check_2d(x)
+    return _masked_rank_normalised(x)
+
+
+class _MaskedTrueRanker(torch.autograd.Function):
+    """TrueRanker among the kept columns of each row (implementation of ``masked_true_rank``)."""
+
+    @staticmethod
+    def forward(ctx, scores, lambda_val, keep, n_kept):
+        ranks = _masked_rank_normalised(scores, keep, n_kept)
+        ctx.lambda_val = lambda_val
+        ctx.save_for_backward(scores, ranks, keep, n_kept)
+        return ranks
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scores, ranks, keep, n_kept = ctx.saved_tensors
+        lam = ctx.lambda_val
+        perturbed = scores.to(torch.float32) + lam * grad_output.to(torch.float32)
+        grad = -(ranks - _masked_rank_normalised(perturbed, keep, n_kept)) / (lam + 1e-8)
+        grad = grad * keep  # dropped entries take no part in the loss: exactly zero gradient
+        return grad.to(scores.dtype), None, None, None
+
+
+class TrueRanker(torch.autograd.Function):
+    """Differentiable row ranking: ``TrueRanker.apply(scores [n, m], lambda_val: float)``.
+
+    Forward: ``rank_normalised(scores)`` (float32 [n, m]). Backward with incoming gradient g:
+    ``-(r - rank_normalised(scores + lambda_val * g)) / (lambda_val + 1e-8)``; no gradient for
+    ``lambda_val`` (the interpolation strength, > 0).
+    """
+
+    @staticmethod
+    def forward(ctx, scores, lambda_val):
+        _check_2d(scores)
+        ranks = rank_normalised(scores)
+        ctx.lambda_val = lambda_val
+        ctx.save_for_backward(scores, ranks)
+        return ranks
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scores, ranks = ctx.saved_tensors
+        lam = ctx.lambda_val
+        perturbed = scores.to(torch.float32) + lam * grad_output.to(torch.float32)
+        # Blackbox combinatorial-solver gradient (Vlastelica et al., ICLR 2020): rank the scores
+        # nudged along the incoming gradient; the finite difference of the two rankings is the gradient.
+        grad = -(ranks - rank_normalised(perturbed)) / (lam + 1e-8)
+        return grad.to(scores.dtype), None
+
+
+def masked_true_rank(
+    scores: torch.Tensor, lambda_val: float, keep: torch.Tensor, n_kept: torch.Tensor
+) -> torch.Tensor:
+    """TrueRanker restricted to the columns marked in ``keep``, for every row at once.
+
+    scores: [n, m]; keep: bool [n, m] (or broadcastable, e.g. [1, m]) marking the kept columns of
+    each row; n_kept: 0-d integer tensor, the number of kept columns per row (the same for
+    every kept row). Kept entries equal TrueRanker applied to the row with the dropped columns
+    removed (order of kept columns preserved); the gradient is exactly zero on dropped entries.
+    Used by the regularizer to reduce label ties without a host sync.
+    """
+    return _MaskedTrueRanker.apply(scores, lambda_val, keep, n_kept)

@@ -1,0 +1,299 @@
+"""batchwise_ranking_regularizer against a plain per-row loop written here from SPEC §1."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import chi2
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ranksim.regularizer import _flatten_inputs, _ranking_loss, batchwise_ranking_regularizer, reduce_ties
+
+# The public function gathers kept samples on CPU; the masked (sync-free, accelerator) form is
+# reached through the private entry point so that CPU tests cover both.
+PATHS = ["public", "masked"]
+
+
+def regularizer_for(path):
+    if path == "public":
+        return batchwise_ranking_regularizer
+
+    def masked(features, targets, lam):
+        return _ranking_loss(*_flatten_inputs(features, targets), lam, compact=False)
+
+    return masked
+
+# ---------------------------------------------------------------- independent reference (SPEC §1)
+
+
+def ref_rank_normalised(values):
+    """(descending 0-based rank + 1) / m of a list; ties: the larger index ranks first."""
+    order = sorted(range(len(values)), key=lambda j: (-values[j], -j))
+    out = [0.0] * len(values)
+    for position, j in enumerate(order):
+        out[j] = (position + 1) / len(values)
+    return out
+
+
+class RefTrueRanker(torch.autograd.Function):
+    """TrueRanker of ONE row [1, m] with list-based ranks (SPEC §1.5)."""
+
+    @staticmethod
+    def forward(ctx, row, lam):
+        ranks = torch.tensor([ref_rank_normalised(row[0].tolist())])
+        ctx.lam = lam
+        ctx.save_for_backward(row, ranks)
+        return ranks
+
+    @staticmethod
+    def backward(ctx, grad):
+        row, ranks = ctx.saved_tensors
+        perturbed = torch.tensor([ref_rank_normalised((row + ctx.lam * grad)[0].tolist())])
+        return -(ranks - perturbed) / (ctx.lam + 1e-8), None
+
+
+def ref_loss_no_reduction(features, targets, lam):
+    """SPEC §1 steps 2-3 as a per-row loop over the given samples (no tie reduction)."""
+    x = F.normalize(features.float().reshape(features.shape[0], -1), dim=1)
+    sims = x @ x.T
+    y = targets.reshape(-1).float().tolist()
+    loss = torch.zeros(())
+    for i in range(len(y)):
+        label_ranks = torch.tensor([ref_rank_normalised([-abs(y[i] - yj) for yj in y])])
+        feature_ranks = RefTrueRanker.apply(sims[i : i + 1], lam)
+        loss = loss + ((feature_ranks - label_ranks) ** 2).mean()
+    return loss
+
+
+def loss_and_grad(fn, features, *args):
+    leaf = features.detach().clone().requires_grad_(True)
+    loss = fn(leaf, *args)
+    loss.backward()
+    return loss.detach(), leaf.grad
+
+
+def assert_close_rel(actual, expected, rel=1e-5):
+    scale = expected.abs().max().clamp_min(1e-12)
+    assert (actual.float() - expected.float()).abs().max() <= rel * scale, (actual, expected)
+
+
+# ---------------------------------------------------------------- no ties: exact loop equality
+
+
+@pytest.mark.parametrize(
+    "batch, shape, lam, labels",
+    [
+        (16, (32,), 2.0, "float"),
+        (24, (3, 4, 4), 1.0, "float"),
+        # Distinct integers: no repeated label, but rows hold distance ties (y_i - d, y_i + d)
+        # that are broken by batch position, so the batch must be used in its own order.
+        (30, (20,), 2.0, "int"),
+        (9, (5,), 50.0, "int"),
+    ],
+)
+@pytest.mark.parametrize("path", PATHS)
+def test_no_ties_loss_and_gradient_equal_loop(batch, shape, lam, labels, path):
+    gen = torch.Generator().manual_seed(batch)
+    features = torch.randn(batch, *shape, generator=gen)
+    if labels == "float":
+        targets = torch.rand(batch, 1, generator=gen) * 100
+    else:
+        targets = torch.randperm(3 * batch, generator=gen)[:batch].float().reshape(batch, 1)
+    loss, grad = loss_and_grad(regularizer_for(path), features, targets, lam)
+    ref, ref_grad = loss_and_grad(ref_loss_no_reduction, features, targets, lam)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert_close_rel(loss, ref)
+    assert ref_grad.abs().max() > 0  # the comparison is not trivially between zeros
+    assert_close_rel(grad, ref_grad)
+
+
+def test_no_ties_keeps_batch_order_in_reduce_ties():
+    features = torch.randn(5, 3)
+    targets = torch.tensor([4.0, 1.0, 3.0, 0.0, 2.0])
+    kept_features, kept_targets = reduce_ties(features, targets)
+    assert torch.equal(kept_features, features) and torch.equal(kept_targets, targets)
+
+
+# ---------------------------------------------------------------- repeated labels
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_ties_fixed_seed_equals_loop_on_kept_subset(path):
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(40, 16, generator=gen)
+    targets = torch.randint(0, 12, (40, 1), generator=gen).float()
+    torch.manual_seed(11)
+    loss, grad = loss_and_grad(regularizer_for(path), features, targets, 2.0)
+    torch.manual_seed(11)  # reduce_ties draws the same random numbers
+    kept_features, kept_targets = reduce_ties(features, targets)
+
+    # One sample per distinct label, ordered by label, each an actual sample of the batch.
+    distinct = sorted(set(targets.reshape(-1).tolist()))
+    assert kept_targets.reshape(-1).tolist() == distinct
+    kept_rows = []
+    for row, label in zip(kept_features, kept_targets.reshape(-1).tolist()):
+        matches = [i for i in range(40) if torch.equal(features[i], row)]
+        assert len(matches) == 1 and targets[matches[0], 0].item() == label
+        kept_rows.append(matches[0])
+
+    # The loop on the kept subset, gradient scattered back to the batch (zero for dropped rows).
+    leaf = features.clone().requires_grad_(True)
+    ref = ref_loss_no_reduction(leaf[kept_rows], kept_targets, 2.0)
+    ref.backward()
+    assert_close_rel(loss, ref.detach())
+    assert leaf.grad.abs().max() > 0
+    assert_close_rel(grad, leaf.grad)
+    dropped = [i for i in range(40) if i not in kept_rows]
+    assert torch.equal(grad[dropped], torch.zeros(len(dropped), 16))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_ties_choice_uniform_and_independent_over_many_draws(path):
+    # Labels 0 x3, 1 x2, 2 x1: six possible kept subsets. Each gives its own loop gradient (zero on
+    # its dropped rows), so the regularizer's gradient tells which subset a draw kept.
+    targets = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 2.0])
+    features = torch.randn(6, 4, generator=torch.Generator().manual_seed(5))
+    subsets = list(itertools.product([0, 1, 2], [3, 4], [5]))
+    subset_grads = []
+    for subset in subsets:
+        leaf = features.clone().requires_grad_(True)
+        ref_loss_no_reduction(leaf[list(subset)], targets[list(subset)], 10.0).backward()
+        subset_grads.append(leaf.grad)
+    for a, b in itertools.combinations(subset_grads, 2):
+        assert (a - b).abs().max() > 1e-3  # distinct, so the identification is unambiguous
+
+    draws = 2000 if path == "public" else 1000  # keeps the file fast
+    counts = [0] * len(subsets)
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        _, grad = loss_and_grad(regularizer_for(path), features, targets, 10.0)
+        matches = [k for k, ref in enumerate(subset_grads) if (grad - ref).abs().max() <= 1e-5]
+        assert len(matches) == 1, seed
+        counts[matches[0]] += 1
+        if seed < 100:  # reduce_ties keeps the same samples under the same seed
+            torch.manual_seed(seed)
+            kept_features, kept_targets = reduce_ties(features, targets)
+            assert torch.equal(kept_features, features[list(subsets[matches[0]])])
+            assert kept_targets.tolist() == [0.0, 1.0, 2.0]
+    # Pearson chi-square on the 6 joint cells (uniform and independent choices), df = 5.
+    expected = draws / len(subsets)
+    statistic = sum((c - expected) ** 2 / expected for c in counts)
+    assert chi2.sf(statistic, df=len(subsets) - 1) > 1e-4, counts
+
+
+def test_ties_order_kept_samples_by_label():
+    targets = torch.tensor([[7.0], [2.0], [7.0], [5.0], [2.0], [9.0]])
+    features = torch.arange(6.0).reshape(6, 1).expand(6, 3)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        kept_features, kept_targets = reduce_ties(features, targets)
+        assert kept_targets.shape == (4, 1)
+        assert kept_targets.reshape(-1).tolist() == [2.0, 5.0, 7.0, 9.0]
+        for row, label in zip(kept_features[:, 0].tolist(), kept_targets.reshape(-1).tolist()):
+            assert targets[int(row), 0].item() == label
+
+
+# ---------------------------------------------------------------- dtypes, shapes, edge cases
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_features(dtype, path):
+    gen = torch.Generator().manual_seed(7)
+    features = torch.randn(20, 8, generator=gen).to(dtype)
+    targets = torch.rand(20, generator=gen)
+    loss, grad = loss_and_grad(regularizer_for(path), features, targets, 2.0)
+    ref, ref_grad = loss_and_grad(ref_loss_no_reduction, features.float(), targets, 2.0)
+    assert loss.dtype == torch.float32
+    assert grad.dtype == dtype and torch.isfinite(grad.float()).all()
+    assert_close_rel(loss, ref)
+    assert_close_rel(grad.float(), ref_grad.to(dtype).float(), rel=1e-2)
+
+
+@pytest.mark.parametrize(
+    "features, targets",
+    [
+        (torch.randn(1, 10), torch.tensor([[3.0]])),  # B = 1
+        (torch.randn(5, 10), torch.full((5, 1), 4.0)),  # one distinct label
+        (torch.zeros(4, 10), torch.full((4,), 1.0)),  # ... with all-zero features
+    ],
+)
+@pytest.mark.parametrize("path", PATHS)
+def test_degenerate_batches_give_zero_loss_and_gradient(features, targets, path):
+    loss, grad = loss_and_grad(regularizer_for(path), features, targets, 2.0)
+    assert loss.dtype == torch.float32 and loss.item() == 0.0
+    assert torch.isfinite(grad).all() and torch.equal(grad, torch.zeros_like(features))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_targets_flat_and_column_give_same_result(path):
+    gen = torch.Generator().manual_seed(8)
+    features = torch.randn(32, 6, generator=gen)
+    targets = torch.randint(0, 10, (32,), generator=gen).float()
+    torch.manual_seed(1)
+    loss_flat, grad_flat = loss_and_grad(regularizer_for(path), features, targets, 2.0)
+    torch.manual_seed(1)
+    loss_col, grad_col = loss_and_grad(regularizer_for(path), features, targets[:, None], 2.0)
+    assert torch.equal(loss_flat, loss_col) and torch.equal(grad_flat, grad_col)
+
+
+def test_integer_targets_accepted():
+    features = torch.randn(10, 4, generator=torch.Generator().manual_seed(9))
+    targets = torch.arange(10)
+    loss, _ = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0)
+    ref, _ = loss_and_grad(ref_loss_no_reduction, features, targets.float(), 2.0)
+    assert_close_rel(loss, ref)
+
+
+@pytest.mark.parametrize("lam", [0.0, -1.0, float("nan")])
+def test_lambda_must_be_positive(lam):
+    with pytest.raises(ValueError, match="interp_strength_lambda"):
+        batchwise_ranking_regularizer(torch.randn(4, 3), torch.arange(4.0), lam)
+
+
+def test_length_mismatch_names_both_arguments():
+    with pytest.raises(ValueError, match="features and targets: batch sizes differ"):
+        batchwise_ranking_regularizer(torch.randn(4, 3), torch.arange(5.0), 2.0)
+    with pytest.raises(ValueError, match="features and targets"):
+        reduce_ties(torch.randn(4, 3), torch.arange(3.0))
+
+
+def test_bad_target_shape_and_empty_batch():
+    with pytest.raises(ValueError, match=r"targets: expected shape \[B\] or \[B, 1\]"):
+        batchwise_ranking_regularizer(torch.randn(4, 3), torch.zeros(4, 2), 2.0)
+    with pytest.raises(ValueError, match="features: expected a non-empty batch"):
+        batchwise_ranking_regularizer(torch.randn(0, 3), torch.zeros(0), 2.0)
+
+
+# ---------------------------------------------------------------- no host-device synchronisation
+
+
+def test_runs_on_meta_tensors_so_nothing_reads_values_on_the_host():
+    # Meta tensors carry no data: .item(), .cpu(), .tolist(), .nonzero(), torch.unique, boolean
+    # indexing and Python `if` on a tensor all raise on them, so success proves none is used.
+    features = torch.randn(16, 8, device="meta", requires_grad=True)
+    targets = torch.randn(16, 1, device="meta")
+    loss = batchwise_ranking_regularizer(features, targets, 2.0)
+    loss.backward()
+    assert loss.shape == () and features.grad.shape == (16, 8)
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_masked_form_dispatches_no_syncing_operator():
+    features = torch.randn(12, 5, requires_grad=True)
+    targets = torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0, 3.0, 4.0, 5.0, 6.0, 6.0, 7.0, 8.0])
+    with _OpRecorder() as recorder:
+        regularizer_for("masked")(features, targets, 2.0).backward()
+    syncing = {"aten._local_scalar_dense", "aten.nonzero", "aten._unique2", "aten.unique_consecutive",
+               "aten.unique_dim", "aten.masked_select", "aten.index_put_"}
+    assert recorder.ops & syncing == set(), recorder.ops & syncing
+    assert "aten.sort" in recorder.ops  # the recorder does see the dispatched operators
