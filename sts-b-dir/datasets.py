@@ -171,6 +171,20 @@ def _vector_length_of(glove_path: str, sample_lines: int = 1000) -> int:
     return lengths.most_common(1)[0][0]
 
 
+def check_glove_file(glove_path: "str | os.PathLike", d_word: int) -> None:
+    """Fail early (before a run directory is made) when the GloVe file is missing or its vectors are not
+    d_word long (judged from its first lines). Raises UserError saying how to fix it."""
+    glove_path = os.fspath(glove_path)
+    if os.path.isdir(glove_path) or not os.path.isfile(glove_path):
+        raise UserError(f"GloVe file not found: {glove_path}; {HOW_TO_GET_GLOVE}")
+    vector_length = _vector_length_of(glove_path)
+    if vector_length != d_word:
+        raise UserError(
+            f"{glove_path}: GloVe vectors have {vector_length} numbers, but --d_word is {d_word}; "
+            f"pass --d_word {vector_length} or a GloVe file with {d_word}-d vectors"
+        )
+
+
 def read_glove_vectors(glove_path: str, vocab: Sequence[str], d_word: int) -> Tuple[np.ndarray, np.ndarray]:
     """Read the GloVe text file once -> (vectors float32 [V, d_word] with zero rows for missing words,
     found bool [V]) for the words of ``vocab``.
@@ -179,12 +193,7 @@ def read_glove_vectors(glove_path: str, vocab: Sequence[str], d_word: int) -> Tu
     the LAST d_word fields are the vector and everything before them is the token. The first
     occurrence of a token wins. Raises UserError when the vectors are not d_word long.
     """
-    vector_length = _vector_length_of(glove_path)
-    if vector_length != d_word:
-        raise UserError(
-            f"{glove_path}: GloVe vectors have {vector_length} numbers, but --d_word is {d_word}; "
-            f"pass --d_word {vector_length} or a GloVe file with {d_word}-d vectors"
-        )
+    check_glove_file(glove_path, d_word)
     index_of = {word: i for i, word in enumerate(vocab)}
     vectors = np.zeros((len(vocab), d_word), dtype=np.float32)
     found = np.zeros(len(vocab), dtype=bool)
@@ -229,8 +238,7 @@ def load_glove_matrix(
     key = hash of vocabulary, d_word and the GloVe file's size and mtime): later runs load in seconds.
     """
     glove_path = os.fspath(glove_path)
-    if os.path.isdir(glove_path) or not os.path.isfile(glove_path):
-        raise UserError(f"GloVe file not found: {glove_path}; {HOW_TO_GET_GLOVE}")
+    check_glove_file(glove_path, d_word)
     cache_path = _glove_cache_path(glove_path, vocab, d_word)
     cached = None
     if use_cache and cache_path.is_file():

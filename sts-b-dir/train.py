@@ -30,6 +30,7 @@ from datasets import (
     PAD_INDEX,
     PairDataset,
     build_vocab,
+    check_glove_file,
     collate_pairs,
     load_glove_matrix,
     load_splits,
@@ -276,16 +277,18 @@ def make_optimizer(model, args):
     return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def checkpoint_vocab_check(checkpoint: dict, vocab: List[str], source: str, log) -> None:
-    """Our checkpoints record the vocabulary's fingerprint: refuse one built from other data."""
+def checkpoint_vocab_check(checkpoint: dict, vocab: List[str], source: str) -> Optional[str]:
+    """Our checkpoints record the vocabulary's fingerprint: refuse one built from other data (UserError).
+    Returns a note to log for a checkpoint that records none (a published one), else None."""
     saved = checkpoint.get("vocab_fingerprint")
     if saved is None:
-        log(f"note: {source} records no vocabulary (e.g. a published model_state_best.th); it must have been "
-            "trained on these data files with the same --max_seq_len / --max_word_v_size")
-    elif saved != vocab_fingerprint(vocab):
+        return (f"note: {source} records no vocabulary (e.g. a published model_state_best.th); it must have been "
+                "trained on these data files with the same --max_seq_len / --max_word_v_size")
+    if saved != vocab_fingerprint(vocab):
         raise UserError(
             f"{source}: trained with another vocabulary (fingerprint {saved}, this data gives "
             f"{vocab_fingerprint(vocab)}); use the --data_dir, --max_seq_len and --max_word_v_size it was trained with")
+    return None
 
 
 def train(args, model, optimizer, progress: Progress, splits, datasets_, device, run_dir: Path,
@@ -402,36 +405,44 @@ def main(argv=None) -> Dict:
     datasets_ = {"train": PairDataset(splits["train"], vocab, weights),
                  "val": PairDataset(splits["val"], vocab), "test": PairDataset(splits["test"], vocab)}
 
-    resume = load_checkpoint(args.resume) if args.resume else None
-    if resume is not None:
-        run_dir = resume_run_dir(args)
-    else:
-        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+    # Weights from a checkpoint include the embeddings, so only a fresh model needs GloVe. Inputs are
+    # checked before a run directory is made, so a bad one leaves nothing behind.
+    source = args.eval_model if args.evaluate else (args.resume or args.pretrained)
+    checkpoint = load_checkpoint(source) if source else None
+    vocab_note = checkpoint_vocab_check(checkpoint, vocab, source) if checkpoint is not None else None
+    if args.resume and ("iteration" not in checkpoint or checkpoint.get("optimizer") is None):
+        raise UserError(f"--resume {args.resume}: not a training checkpoint of this program (no progress or "
+                        "optimizer state); pass <run>/ckpt.pth.tar")
+    if checkpoint is None and args.glove:
+        check_glove_file(args.word_embs_file, args.d_word)
+
+    run_dir = resume_run_dir(args) if args.resume else make_run_dir(args.store_root, args.store_name or run_name(args))
     logger = RunLogger(run_dir)
     try:
         logger.info("command: train.py " + " ".join(sys.argv[1:] if argv is None else argv))
-        return run(args, device, splits, vocab, datasets_, resume, run_dir, logger)
+        if vocab_note:
+            logger.info(vocab_note)
+        return run(args, device, splits, vocab, datasets_, source, checkpoint, run_dir, logger)
     finally:
         logger.close()
 
 
-def run(args, device, splits, vocab, datasets_, resume, run_dir: Path, logger: RunLogger) -> Dict:
+def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optional[dict], run_dir: Path,
+        logger: RunLogger) -> Dict:
+    """Build the model (from GloVe or ``checkpoint``), train unless --evaluate, test, write results.json."""
     logger.info(f"run directory: {run_dir}")
     logger.info(f"device: {device}; sizes: train {len(splits['train'])}, val {len(splits['val'])}, "
                 f"test {len(splits['test'])} pairs; vocabulary {len(vocab)} entries")
     (run_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
 
     # Where the weights come from decides whether GloVe is needed: a checkpoint carries the embeddings.
-    source = args.eval_model if args.evaluate else (args.resume or args.pretrained)
-    embeddings = None if source else initial_embeddings(args, vocab, logger)
+    embeddings = None if checkpoint is not None else initial_embeddings(args, vocab, logger)
     if args.evaluate:
         args.fds = False  # FDS is never applied in evaluation; its checkpoint buffers are ignored
     model = build_model(args, vocab, embeddings).to(device)
 
     head_key = HEAD_NAME + "."
-    if args.evaluate or (args.retrain_fc and resume is None):
-        checkpoint = load_checkpoint(source)
-        checkpoint_vocab_check(checkpoint, vocab, source, logger.info)
+    if args.evaluate or (args.retrain_fc and not args.resume):
         load_model_state(model, state_dict_of(checkpoint, source), ignore_fds=not args.fds, source=source,
                          skip=(lambda key: key.startswith(head_key)) if args.retrain_fc else None)
     if args.retrain_fc:
@@ -440,27 +451,24 @@ def run(args, device, splits, vocab, datasets_, resume, run_dir: Path, logger: R
                     f"training only {HEAD_NAME}")
     optimizer = make_optimizer(model, args)
     progress = Progress()
-    if resume is not None:
-        checkpoint_vocab_check(resume, vocab, args.resume, logger.info)
-        load_model_state(model, state_dict_of(resume, args.resume), source=args.resume)
-        if "iteration" not in resume or resume.get("optimizer") is None:
-            raise UserError(f"{args.resume}: not a training checkpoint of this program (no progress/optimizer "
-                            "state); pass <run>/ckpt.pth.tar")
+    if args.resume:
+        load_model_state(model, state_dict_of(checkpoint, args.resume), source=args.resume)
         try:
-            optimizer.load_state_dict(resume["optimizer"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise UserError(f"--resume {args.resume}: its optimizer state does not fit this run "
                             f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
                             "--retrain_fc settings of the original run") from None
-        progress = Progress.from_checkpoint(resume)
+        progress = Progress.from_checkpoint(checkpoint)
         if not (run_dir / BEST_NAME).is_file():
             progress.best_val_mse = math.inf  # no best checkpoint to compare against: the next check is best
-        restore_rng_state(resume["rng"])
+        restore_rng_state(checkpoint["rng"])
         logger.info(f"resumed from {args.resume}: iteration {progress.iteration}, "
                     f"{len(progress.val_history)} checks done, best val mse {progress.best_val_mse:.4f}")
 
     best_path = Path(source) if args.evaluate else run_dir / BEST_NAME
-    checkpoint_epoch = None
+    checkpoint_epoch, checkpoint_iteration = (checkpoint.get("epoch"), checkpoint.get("iteration")) \
+        if args.evaluate else (None, None)
     if not args.evaluate:
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(f"training {n_trainable:,} parameters; {args.val_interval} iterations per check, "
@@ -468,7 +476,7 @@ def run(args, device, splits, vocab, datasets_, resume, run_dir: Path, logger: R
         progress = train(args, model, optimizer, progress, splits, datasets_, device, run_dir, logger, vocab)
         best = load_checkpoint(best_path)
         load_model_state(model, state_dict_of(best, str(best_path)), source=str(best_path))
-        checkpoint_epoch = best.get("epoch")
+        checkpoint_epoch, checkpoint_iteration = best.get("epoch"), best.get("iteration")
         logger.info(f"best checkpoint: iteration {progress.best_iteration}, val mse {progress.best_val_mse:.4f}")
 
     test_loader = torch.utils.data.DataLoader(datasets_["test"], batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs)
@@ -478,7 +486,7 @@ def run(args, device, splits, vocab, datasets_, resume, run_dir: Path, logger: R
     write_predictions(run_dir / "test_predictions.tsv", preds, scores)
     results = {
         "dataset": DATASET, "split": "test", "checkpoint": str(best_path), "epoch": checkpoint_epoch,
-        "iteration": None if args.evaluate else progress.best_iteration,
+        "iteration": checkpoint_iteration,
         "args": vars(args),
         "sizes": {name: len(split) for name, split in splits.items()},
         "metrics": metrics,
