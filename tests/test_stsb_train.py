@@ -206,6 +206,13 @@ def test_resuming_a_finished_run_never_touches_it(vanilla, data):
     assert results_of(continued)["sizes"]["test"] == 40
 
 
+def test_bench_quick_runs():
+    bench = _load("stsb_bench", ROOT / "bench" / "stsb_step.py")
+    rows = bench.main(["--quick", "--cpu"])
+    assert [label.split(" ")[0] for label, _ in rows] == ["vanilla", "RankSim", "FDS"]
+    assert all(rate > 0 for _, rate in rows)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 def run_expecting_user_error(argv, capsys):
