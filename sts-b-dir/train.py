@@ -358,10 +358,10 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
 
 # ----------------------------------------------------------------------------------------------- main
 
-def build_model(args, vocab, embeddings: Optional[torch.Tensor]) -> STSBModel:
+def build_model(args, vocab, embeddings: Optional[torch.Tensor], fds: bool) -> STSBModel:
     return STSBModel(
         len(vocab), d_word=args.d_word, d_hid=args.d_hid, n_layers=args.n_layers_enc, dropout=args.dropout,
-        fds=args.fds, return_features=args.regularization_weight > 0, train_words=bool(args.train_words),
+        fds=fds, return_features=args.regularization_weight > 0, train_words=bool(args.train_words),
         embeddings=embeddings, start_update=args.start_update, start_smooth=args.start_smooth,
         kernel=args.fds_kernel, ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt,
         bucket_num=args.bucket_num, bucket_start=args.bucket_start)
@@ -437,13 +437,12 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
 
     # Where the weights come from decides whether GloVe is needed: a checkpoint carries the embeddings.
     embeddings = None if checkpoint is not None else initial_embeddings(args, vocab, logger)
-    if args.evaluate:
-        args.fds = False  # FDS is never applied in evaluation; its checkpoint buffers are ignored
-    model = build_model(args, vocab, embeddings).to(device)
+    use_fds = args.fds and not args.evaluate  # FDS is never applied in evaluation: its buffers are ignored
+    model = build_model(args, vocab, embeddings, use_fds).to(device)
 
     head_key = HEAD_NAME + "."
     if args.evaluate or (args.retrain_fc and not args.resume):
-        load_model_state(model, state_dict_of(checkpoint, source), ignore_fds=not args.fds, source=source,
+        load_model_state(model, state_dict_of(checkpoint, source), ignore_fds=not use_fds, source=source,
                          skip=(lambda key: key.startswith(head_key)) if args.retrain_fc else None)
     if args.retrain_fc:
         freeze_all_but_head(model, head_prefix=head_key)

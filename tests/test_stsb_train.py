@@ -135,6 +135,16 @@ def test_evaluate_round_trip_gives_the_training_runs_test_metrics(vanilla, data)
         assert results["metrics"]["all"]["mse"] == pytest.approx(np.mean((preds[:, 2] - preds[:, 1]) ** 2), abs=1e-4)
 
 
+def test_published_plain_state_dict_evaluates(vanilla, data, tmp_path):
+    """The published model_state_best.th is a bare state_dict (no vocabulary): it loads by key names."""
+    state_dict = torch.load(vanilla / "ckpt.best.pth.tar", weights_only=True)["state_dict"]
+    plain = tmp_path / "model_state_best.th"
+    torch.save(dict(state_dict), plain)
+    results = train(data, "evaluate_plain", "--evaluate", "--eval_model", str(plain))
+    assert results["metrics"] == results_of(vanilla)["metrics"]
+    assert "records no vocabulary" in (data["runs"] / "evaluate_plain" / "training.log").read_text()
+
+
 def test_ranksim_run_changes_training(vanilla, data):
     results = train(data, "ranksim", *RANKSIM)
     log = (data["runs"] / "ranksim" / "training.log").read_text()
@@ -156,9 +166,10 @@ def test_inv_lds_fds_ranksim_run_updates_fds_statistics(data):
     assert not torch.equal(sd["FDS.smoothed_mean_last_epoch"], torch.zeros_like(sd["FDS.smoothed_mean_last_epoch"]))
 
 
-def test_focal_mse_run(data):
-    results = train(data, "focal_mse", "--loss", "focal_mse")
-    assert results["args"]["loss"] == "focal_mse" and results["metrics"]["all"]["count"] == 40
+@pytest.mark.parametrize("loss", ["focal_mse", "huber"])
+def test_other_losses_run(data, loss):
+    results = train(data, loss, "--loss", loss, "--huber_beta", "0.3")
+    assert results["args"]["loss"] == loss and results["metrics"]["all"]["count"] == 40
 
 
 def test_rrt_retrains_only_the_head(vanilla, data):
