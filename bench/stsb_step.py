@@ -21,9 +21,9 @@ STSB_DIR = Path(__file__).resolve().parents[1] / "sts-b-dir"
 
 
 def _load_stsb(name: str):
-    """Import sts-b-dir/<name>.py as module stsb_<name>; train.py's own imports of its siblings
-    (datasets, models) are dropped from sys.modules afterwards so they never shadow other modules."""
-    before = set(sys.modules)
+    """Import sts-b-dir/<name>.py as module stsb_<name>. train.py imports its siblings by plain name
+    (datasets, models): other modules of those names are set aside meanwhile and put back after."""
+    before = {sibling: sys.modules.pop(sibling) for sibling in ("datasets", "models") if sibling in sys.modules}
     sys.path.insert(0, str(STSB_DIR))
     try:
         spec = importlib.util.spec_from_file_location(f"stsb_{name}", STSB_DIR / f"{name}.py")
@@ -33,8 +33,8 @@ def _load_stsb(name: str):
     finally:
         sys.path.remove(str(STSB_DIR))
         for sibling in ("datasets", "models"):
-            if sibling not in before:
-                sys.modules.pop(sibling, None)
+            sys.modules.pop(sibling, None)
+        sys.modules.update(before)
 
 
 def make_batches(num_batches: int, batch_size: int, vocab_size: int, generator: torch.Generator, datasets):

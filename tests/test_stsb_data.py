@@ -19,12 +19,14 @@ STSB_DIR = ROOT / "sts-b-dir"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
 
+SIBLINGS = ("datasets", "models", "loss", "ranking")  # sts-b-dir files imported by plain name
+
 
 def _load(name: str, path: Path):
-    """Import a benchmark-folder module under a unique name (the folder is not a package). Its own
-    imports of sibling files (train.py: datasets, models) are removed from sys.modules afterwards, so
-    other folders' modules of the same names never collide with them."""
-    before = set(sys.modules)
+    """Import a benchmark-folder file under a unique module name (the folder is not a package).
+    train.py imports its siblings by plain name (datasets, models): other modules of those names are
+    set aside meanwhile and put back afterwards, and ours never stay in sys.modules."""
+    before = {sibling: sys.modules.pop(sibling) for sibling in SIBLINGS if sibling in sys.modules}
     sys.path.insert(0, str(path.parent))
     try:
         spec = importlib.util.spec_from_file_location(name, path)
@@ -32,9 +34,9 @@ def _load(name: str, path: Path):
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(path.parent))
-        for sibling in ("datasets", "models", "loss", "ranking"):
-            if sibling not in before:
-                sys.modules.pop(sibling, None)
+        for sibling in SIBLINGS:  # never leave ours behind, and give back any other folder's modules
+            sys.modules.pop(sibling, None)
+        sys.modules.update(before)
     return module
 
 

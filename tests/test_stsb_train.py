@@ -24,10 +24,14 @@ D_WORD = 8
 MANY = [0, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48, 49]
 MEDIUM = [2, 4, 6, 8, 27, 35, 37]
 
+SIBLINGS = ("datasets", "models", "loss", "ranking")  # sts-b-dir files imported by plain name
+
 
 def _load(name: str, path: Path):
-    """Import a benchmark-folder file under a unique module name; drop its sibling imports afterwards."""
-    before = set(sys.modules)
+    """Import a benchmark-folder file under a unique module name (the folder is not a package).
+    train.py imports its siblings by plain name (datasets, models): other modules of those names are
+    set aside meanwhile and put back afterwards, and ours never stay in sys.modules."""
+    before = {sibling: sys.modules.pop(sibling) for sibling in SIBLINGS if sibling in sys.modules}
     sys.path.insert(0, str(path.parent))
     try:
         spec = importlib.util.spec_from_file_location(name, path)
@@ -35,9 +39,9 @@ def _load(name: str, path: Path):
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(path.parent))
-        for sibling in ("datasets", "models", "loss", "ranking"):
-            if sibling not in before:
-                sys.modules.pop(sibling, None)
+        for sibling in SIBLINGS:  # never leave ours behind, and give back any other folder's modules
+            sys.modules.pop(sibling, None)
+        sys.modules.update(before)
     return module
 
 
