@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from ranksim.age_splits import read_split_csv
 from ranksim.errors import UserError
@@ -40,13 +39,39 @@ class ImageReadError(UserError):
         super().__init__(message)
 
 
-def age_transform(img_size: int, train: bool) -> transforms.Compose:
-    """SPEC §6: Resize((s, s)) [+ RandomCrop(s, padding 16) + horizontal flip], ToTensor, Normalize(.5, .5)."""
-    steps = [transforms.Resize((img_size, img_size))]
-    if train:
-        steps += [transforms.RandomCrop(img_size, padding=RANDOM_CROP_PADDING), transforms.RandomHorizontalFlip()]
-    steps += [transforms.ToTensor(), transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])]
-    return transforms.Compose(steps)
+class AgeTransform:
+    """SPEC §6 image pipeline, PIL image -> float32 [3, s, s] in [-1, 1]:
+
+    train: Resize((s, s)), RandomCrop(s, padding=16), RandomHorizontalFlip, ToTensor, Normalize(.5, .5);
+    val/test: Resize((s, s)), ToTensor, Normalize(.5, .5).
+
+    Written with PIL + NumPy instead of torchvision.transforms because importing torchvision costs
+    about 2 s of CPU per process (it pulls in torch._dynamo), which dominates short CPU runs. It makes
+    the same calls and the same torch random draws in the same order as torchvision's transforms, so
+    the outputs are identical (tests/test_age_train_data.py compares them).
+    """
+
+    def __init__(self, img_size: int, train: bool):
+        self.img_size = img_size
+        self.train = train
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        s, pad = self.img_size, RANDOM_CROP_PADDING
+        pixels = np.array(image.resize((s, s), Image.BILINEAR), dtype=np.uint8)  # [s, s, 3], writable copy
+        if self.train:
+            padded = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)))  # zero (black) border
+            top = int(torch.randint(0, 2 * pad + 1, size=(1,)).item())
+            left = int(torch.randint(0, 2 * pad + 1, size=(1,)).item())
+            pixels = padded[top:top + s, left:left + s]
+            if torch.rand(1) < 0.5:
+                pixels = pixels[:, ::-1]
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
+        return tensor.to(torch.float32).div(255).sub_(0.5).div_(0.5)
+
+
+def age_transform(img_size: int, train: bool) -> AgeTransform:
+    """The SPEC §6 transform of a split (train: with augmentation)."""
+    return AgeTransform(img_size, train)
 
 
 class AgeCSVDataset(Dataset):
