@@ -7,7 +7,9 @@ import pytest
 import torch
 from scipy.ndimage import correlate1d, gaussian_filter1d
 
+import ranksim.fds as fds_module
 from ranksim.fds import FDS
+from ranksim.weighting import stsb_bin_of
 
 BUFFERS = ["epoch", "running_mean", "running_var", "running_mean_last_epoch", "running_var_last_epoch",
            "smoothed_mean_last_epoch", "smoothed_var_last_epoch", "num_samples_tracked"]
@@ -197,6 +199,8 @@ def test_stsb_buckets_are_float32_histogram_bins():
     assert fds.bucket_of(torch.from_numpy(labels32)).tolist() == want
     # float64 labels are binned as their float32 value (what the training targets are)
     assert fds.bucket_of(torch.from_numpy(grid)).tolist() == want
+    in_range = labels32[(labels32 >= 0) & (labels32 <= 5)]
+    assert fds.bucket_of(torch.from_numpy(in_range)).tolist() == stsb_bin_of(in_range).tolist()  # = LDS bins
     hand = {0.0: 0, 0.09: 0, 0.1: 1, 0.6: 6, 3.8: 38, 4.8: 48, 4.99: 49, 5.0: 49}
     assert fds.bucket_of(torch.tensor(list(hand))).tolist() == list(hand.values())
     floored = FDS(3, bucket_num=50, bucket_start=5, label_kind="stsb")
@@ -207,8 +211,9 @@ def test_stsb_buckets_are_float32_histogram_bins():
 # update_running_stats, update_last_epoch_stats
 
 
-@pytest.mark.parametrize("bucket_start", [3, 0])
-def test_update_running_stats_matches_loop(bucket_start):
+@pytest.mark.parametrize("bucket_start, chunk_elements", [(3, 1 << 19), (0, 1 << 19), (3, 20)])
+def test_update_running_stats_matches_loop(bucket_start, chunk_elements, monkeypatch):
+    monkeypatch.setattr(fds_module, "_CHUNK_ELEMENTS", chunk_elements)  # 20: 3 samples per chunk
     gen = torch.Generator().manual_seed(1)
     fds, ref = make_pair(dim=6, bucket_num=14, bucket_start=bucket_start)
     feats, labels = age_batch(gen, 80, 6, 0, 18)  # below bucket_start and above bucket_num - 1 too
@@ -410,6 +415,34 @@ def test_stsb_smooth_matches_loop_with_its_rules():
     torch.testing.assert_close(x[1, 1], (feats[1, 1] - m1[1]) * math.sqrt(0.5) + m2[1])  # clamp 0.5
     assert torch.equal(x[8, :2], feats[8, :2]) and not torch.equal(x[8, 2:], feats[8, 2:])  # v1<=0, v2<0
     assert torch.equal(x[11], feats[11]) and torch.equal(x[12], feats[12])  # outside [0, 5]
+
+
+def test_smooth_follows_every_change_of_the_statistics():
+    """smooth caches per-bucket tables: in-place edits, updates and loads must all show."""
+    gen = torch.Generator().manual_seed(14)
+    fds, ref = make_pair(dim=5, bucket_num=12, bucket_start=3)
+    crafted(fds, ref, gen, "age")
+    labels = torch.arange(12.0)
+    feats = torch.randn(12, 5, generator=gen)
+
+    def check():
+        torch.testing.assert_close(fds.smooth(feats.clone(), labels, 1), ref.smooth(feats, labels, 1))
+
+    check()
+    fds.smoothed_mean_last_epoch += 1.0  # in place, by hand
+    ref.sm += 1.0
+    check()
+    fds.smoothed_var_last_epoch[5] = 3.0
+    ref.sv[5] = 3.0
+    check()
+    more, more_labels = age_batch(gen, 30, 5, 0, 14)
+    for fx in (fds, ref):
+        fx.update_running_stats(more, more_labels, 1)  # shows through the alias
+    check()
+    other, other_ref = make_pair(dim=5, bucket_num=12, bucket_start=3)
+    crafted(other, other_ref, gen, "age")
+    fds.load_state_dict(other.state_dict())
+    torch.testing.assert_close(fds.smooth(feats.clone(), labels, 1), other_ref.smooth(feats, labels, 1))
 
 
 def test_smooth_is_identity_before_start_smooth():
