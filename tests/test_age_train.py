@@ -224,12 +224,17 @@ def test_sqinv_lds_fds_ranksim_focal_l1(data, store):
     assert again["metrics"]["all"]["mae"] == pytest.approx(res["metrics"]["all"]["mae"], rel=1e-9)
 
 
-def test_ranksim_run_in_process(data, store):
+def test_ranksim_run_in_process_with_sgd(vanilla, data, store):
     results = main(common_args(data, store, "ranksim", epochs=1) + [
-        "--regularization_weight", "100", "--interpolation_lambda", "2"], AGEDB_DEFAULTS, AgeDB)
+        "--regularization_weight", "100", "--interpolation_lambda", "2", "--optimizer", "sgd"], AGEDB_DEFAULTS, AgeDB)
     assert results["args"]["regularization_weight"] == 100.0
     log = (store / "ranksim" / "training.log").read_text()
     assert float(log.split("(ranksim ")[1].split(")")[0]) > 0
+    # SGD runs with momentum and weight decay, Adam without weight decay (SPEC §7)
+    sgd_group = load_ckpt(store / "ranksim" / "ckpt.pth.tar")["optimizer"]["param_groups"][0]
+    assert (sgd_group["momentum"], sgd_group["weight_decay"]) == (0.9, 1e-4)
+    adam_group = load_ckpt(vanilla / "ckpt.pth.tar")["optimizer"]["param_groups"][0]
+    assert adam_group["weight_decay"] == 0 and "betas" in adam_group
 
 
 def test_rrt_from_saved_checkpoint_changes_only_the_head(vanilla, data, store):
