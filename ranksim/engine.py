@@ -92,6 +92,7 @@ def train_one_epoch(
     bar = progress(loader, desc, show_progress)
     for step, batch in enumerate(bar):
         images, labels, weights = _to_device(batch, device)
+        optimizer.zero_grad(set_to_none=True)
         output = model(images, labels, epoch)
         pred, encoding = output if isinstance(output, tuple) else (output, None)
         loss = loss_fn(pred, labels, weights)
@@ -99,23 +100,25 @@ def train_one_epoch(
         if regularizer is not None:
             reg = regularizer(encoding, labels)
             loss = loss + reg
+        loss.backward()
+        # The one host sync of the step, placed after backward so a GPU has the whole forward and
+        # backward queued; the parameters are still untouched if the loss is bad.
         value = loss.item()
         if not math.isfinite(value) or abs(value) > EXPLODING_LOSS:
             bar.close()
             raise DivergenceError(f"training diverged at epoch {epoch + 1}, step {step + 1}: loss = {value:.4g}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         optimizer.step()
 
         n = labels.shape[0]
         seen += n
         total_loss += value * n
-        total_reg += (reg.item() if reg is not None else 0.0) * n
+        if reg is not None:  # kept on the device: one host sync per step (the loss check) is enough
+            total_reg = total_reg + reg.detach() * n
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         if log_fn is not None and log_every > 0 and (step + 1) % log_every == 0:
             log_fn(f"{desc} [{step + 1}/{len(loader)}] running loss {total_loss / seen:.4f}")
     bar.close()
-    return {"loss": total_loss / max(seen, 1), "reg": total_reg / max(seen, 1)}
+    return {"loss": total_loss / max(seen, 1), "reg": float(total_reg) / max(seen, 1)}
 
 
 @torch.no_grad()

@@ -153,3 +153,16 @@ def test_run_name_encodes_the_settings():
                  "_adam_focal_l1_0.00025_64_"):
         assert part in name
     assert isinstance(args, argparse.Namespace) and name != run_name(build_parser(AGEDB_DEFAULTS).parse_args([]))
+
+
+def test_train_step_bench_quick_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "train_step.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["8"]]
+    assert [row[1] for row in rows] == ["none", "library", "loop"]
+    assert all(float(row[3]) > 0 for row in rows)

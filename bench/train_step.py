@@ -1,0 +1,122 @@
+"""Benchmark: ResNet-50 training-step throughput with and without RankSim.
+
+One step = forward (backbone + head), weighted L1 loss [+ gamma * RankSim on the 2048-d pooled
+features], backward, Adam step, i.e. exactly what ranksim/engine.py does per batch. Three variants:
+
+  none     the regularizer off (the model returns only the prediction)
+  library  ranksim.regularizer.batchwise_ranking_regularizer (vectorised)
+  loop     the published per-row loop (re-written in bench/regularizer.py), swapped in
+
+Labels are AgeDB-like integer ages (0-100, so ties are reduced as in real batches); inputs are random
+tensors (no data loading). Prints images/s and each RankSim variant's overhead over "none" measured
+in the same run. Target (issue 3, CUDA, 224 px): the library adds <= 2 % at B = 64 and B = 256.
+
+    python bench/train_step.py              # CUDA when available (224 px, B 64 and 256), else CPU (64 px, B 32)
+    python bench/train_step.py --device cpu --img_size 64 --batch_sizes 32
+    python bench/train_step.py --quick      # tiny CPU smoke run
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from regularizer import loop_regularizer  # noqa: E402  (the per-row reference, shared with bench/regularizer.py)
+
+from ranksim.engine import ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.losses import weighted_l1_loss  # noqa: E402
+from ranksim.resnet import resnet50  # noqa: E402
+
+GAMMA, LAMBDA = 100.0, 2.0  # the paper's AgeDB-DIR settings
+TARGET_OVERHEAD = 0.02
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_times(device, batch_size, img_size, variant, warmup, steps):
+    """Seconds per training step (list of `steps` timings after `warmup` untimed steps)."""
+    torch.manual_seed(0)
+    model = resnet50(return_encoding=variant != "none").to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
+    if variant == "library":
+        regularizer = ranksim_regularizer(GAMMA, LAMBDA)
+    elif variant == "loop":
+        def regularizer(features, targets):
+            return GAMMA * loop_regularizer(features, targets, LAMBDA)
+    else:
+        regularizer = None
+    images = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    labels = torch.randint(0, 101, (batch_size, 1), device=device).float()
+    weights = torch.ones(batch_size, 1, device=device)
+    batch = [(images, labels, weights)]
+    times = []
+    for i in range(warmup + steps):
+        synchronize(device)
+        start = time.perf_counter()
+        train_one_epoch(model, batch, optimizer, weighted_l1_loss, device, epoch=0, regularizer=regularizer,
+                        show_progress=False)
+        synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return times
+
+
+def check_loop_matches_library(device):
+    """Guard: the two regularizers agree on a batch (same random tie picks are not needed: distinct labels)."""
+    torch.manual_seed(0)
+    feats = torch.randn(64, 2048, device=device)
+    labels = torch.randperm(64, device=device).float().reshape(-1, 1)
+    lib = ranksim_regularizer(1.0, LAMBDA)(feats, labels)
+    loop = loop_regularizer(feats, labels, LAMBDA)
+    if not torch.allclose(lib, loop, rtol=1e-4, atol=1e-5):
+        sys.exit(f"library ({lib.item():.6f}) and loop ({loop.item():.6f}) regularizers disagree")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--img_size", type=int, default=None, help="default 224 on CUDA, 64 on CPU")
+    p.add_argument("--batch_sizes", type=int, nargs="+", default=None, help="default 64 256 on CUDA, 32 on CPU")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 10 CUDA, 3 CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 CUDA, 1 CPU)")
+    p.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
+    args = p.parse_args()
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = device.type == "cuda"
+    if args.quick:
+        img_size, batch_sizes, steps, warmup = args.img_size or 32, args.batch_sizes or [8], args.steps or 1, 1
+    else:
+        img_size = args.img_size or (224 if cuda else 64)
+        batch_sizes = args.batch_sizes or ([64, 256] if cuda else [32])
+        steps, warmup = args.steps or (10 if cuda else 3), args.warmup if args.warmup is not None else (3 if cuda else 1)
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"ResNet-50 training step, {img_size} px, fp32, Adam; device: {name}; torch {torch.__version__}")
+    check_loop_matches_library(device)
+
+    print(f"{'B':>5} {'variant':>8} {'ms/step':>9} {'images/s':>9} {'overhead':>9}")
+    failed = False
+    for batch_size in batch_sizes:
+        base = None
+        for variant in ("none", "library", "loop"):
+            median = statistics.median(step_times(device, batch_size, img_size, variant, warmup, steps))
+            overhead = "" if base is None else f"{(median / base - 1) * 100:+8.1f}%"
+            if variant == "library" and base is not None and median / base - 1 > TARGET_OVERHEAD and cuda:
+                failed = True
+            base = base or median
+            print(f"{batch_size:>5} {variant:>8} {median * 1e3:>9.1f} {batch_size / median:>9.1f} {overhead:>9}")
+    if cuda:
+        print(f"target: library overhead <= {TARGET_OVERHEAD:.0%}: {'MISSED' if failed else 'met'}")
+
+
+if __name__ == "__main__":
+    main()
