@@ -11,8 +11,10 @@ code (only a numerical mismatch between the two implementations does).
     python bench/regularizer.py               # CPU, and CUDA too when available
     python bench/regularizer.py --device cuda
     python bench/regularizer.py --quick       # tiny sizes, smoke test
+    python bench/regularizer.py --threads 1   # steadier numbers when other jobs share the cores
 """
 import argparse
+import os
 import statistics
 import time
 
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ranksim.ranking import TrueRanker, rank_normalised
-from ranksim.regularizer import batchwise_ranking_regularizer, reduce_ties
+from ranksim.regularizer import _flatten_inputs, _ranking_loss, batchwise_ranking_regularizer, reduce_ties
 
 LAMBDA = 2.0  # the paper's interpolation strength
 MIN_SPEEDUP_OVER_LOOP = 4.0
@@ -86,10 +88,21 @@ def loss_and_grad(fn, features, targets):
     return loss.detach(), leaf.grad
 
 
-def verify_equal(features, targets, seed=0):
-    """The library equals the loop (loss and gradient) on this batch, with the same kept samples."""
+def masked_regularizer(features, targets, lam):
+    """The library's sync-free masked form (what CUDA runs), forced on any device for comparison."""
+    return _ranking_loss(*_flatten_inputs(features, targets), lam, compact=False)
+
+
+def verify_equal(fn, features, targets, seed=0):
+    """``fn`` equals the loop (loss and gradient) on this batch, with the same kept samples.
+
+    Returns (kept count, loss relative error, gradient relative L2 error). On CPU the two agree to
+    float rounding. On CUDA the matmul may round differently for the n x n and B x B shapes, and a
+    one-ulp change can swap two nearly equal similarities, moving a few gradient entries by
+    1/(n lambda): hence the looser gradient tolerance there.
+    """
     torch.manual_seed(seed)
-    loss, grad = loss_and_grad(batchwise_ranking_regularizer, features, targets)
+    loss, grad = loss_and_grad(fn, features, targets)
     torch.manual_seed(seed)  # reduce_ties draws the random numbers the library drew
     kept_features, kept_targets = reduce_ties(features, targets)
     leaf = features.detach().clone().requires_grad_(True)
@@ -97,10 +110,12 @@ def verify_equal(features, targets, seed=0):
     ref = loop_rows(leaf[kept_index], kept_targets, LAMBDA)
     ref.backward()
     loss_err = abs(loss.item() - ref.item()) / max(abs(ref.item()), 1e-12)
-    grad_err = ((grad - leaf.grad).abs().max() / leaf.grad.abs().max().clamp_min(1e-12)).item()
-    if loss_err > 1e-4 or grad_err > 1e-4:
-        raise SystemExit(f"error: library and loop disagree (loss rel err {loss_err:.2e}, grad {grad_err:.2e})")
-    return len(kept_index)
+    grad_err = ((grad - leaf.grad).norm() / leaf.grad.norm().clamp_min(1e-12)).item()
+    grad_tol = 1e-5 if features.device.type == "cpu" else 2e-2
+    if loss_err > 1e-4 or grad_err > grad_tol:
+        raise SystemExit(f"error: library and loop disagree on {features.device} "
+                         f"(loss rel err {loss_err:.2e}, grad rel err {grad_err:.2e})")
+    return len(kept_index), loss_err, grad_err
 
 
 def median_ms(fns, features, targets, reps, device):
@@ -143,36 +158,47 @@ def check_no_sync_on_cuda(features, targets):
 
 
 def run_device(device, quick):
+    on_cpu = device.type == "cpu"
     dim = 64 if quick else 2048
-    batches = [16, 32] if quick else [64, 256] + ([1024] if device.type == "cuda" else [])
-    reps = 2 if quick else (15 if device.type == "cpu" else 30)
+    batches = [16, 32] if quick else [64, 256] + ([] if on_cpu else [1024])
+    reps = 2 if quick else (15 if on_cpu else 30)
     gen = torch.Generator().manual_seed(0)
     rows, verdicts = [], []
     header = (f"{'device':6} {'B':>5} {'labels':8} {'kept':>5} {'library ms':>10} {'loop ms':>9} "
-              f"{'speedup':>8} {'sim ms':>8} {'lib/sim':>8}")
+              f"{'speedup':>8} {'sim ms':>8} {'lib/sim':>8}" + (f" {'masked ms':>10}" if on_cpu else ""))
     print(f"\n== {device} (threads {torch.get_num_threads()}), D = {dim}, lambda = {LAMBDA}, "
           f"median of {reps} forward+backward runs")
+    if on_cpu and hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], os.cpu_count()
+        busy = "  (busy: other jobs share the cores, expect noisy times)" if load > cores - 1 else ""
+        print(f"load average {load:.1f} on {cores} cores{busy}")
     print(header)
     print("-" * len(header))
+    worst_loss_err = worst_grad_err = 0.0
     for batch in batches:
         for labels in ("agedb", "distinct"):
             features, targets = make_batch(batch, dim, labels, device, gen)
-            kept = verify_equal(features, targets)
             fns = {"lib": batchwise_ranking_regularizer, "loop": loop_regularizer, "sim": similarity_only}
-            medians = median_ms(fns, features, targets, reps, device)
-            lib, loop, sim = medians["lib"], medians["loop"], medians["sim"]
-            rows.append((batch, labels, lib, loop, sim))
-            print(f"{device.type:6} {batch:>5} {labels:8} {kept:>5} {lib:>10.2f} {loop:>9.2f} "
-                  f"{loop / lib:>7.1f}x {sim:>8.2f} {lib / sim:>7.2f}x", flush=True)
-    if device.type == "cuda":
+            if on_cpu:  # the sync-free form too, to show what gathering the kept samples saves on CPU
+                fns["masked"] = masked_regularizer
+            for name in ("lib", "masked") if on_cpu else ("lib",):
+                kept, loss_err, grad_err = verify_equal(fns[name], features, targets)
+                worst_loss_err, worst_grad_err = max(worst_loss_err, loss_err), max(worst_grad_err, grad_err)
+            ms = median_ms(fns, features, targets, reps, device)
+            rows.append((batch, labels, ms["lib"], ms["loop"], ms["sim"]))
+            print(f"{device.type:6} {batch:>5} {labels:8} {kept:>5} {ms['lib']:>10.2f} {ms['loop']:>9.2f} "
+                  f"{ms['loop'] / ms['lib']:>7.1f}x {ms['sim']:>8.2f} {ms['lib'] / ms['sim']:>7.2f}x"
+                  + (f" {ms['masked']:>10.2f}" if on_cpu else ""), flush=True)
+    print(f"verified against the loop before timing: loss rel err <= {worst_loss_err:.1e}, "
+          f"gradient rel err <= {worst_grad_err:.1e}")
+    if not on_cpu:
         print(check_no_sync_on_cuda(*make_batch(batches[-1], dim, "agedb", device, gen)))
 
-    big_batch = 32 if quick else 256
     for batch, labels, lib, loop, sim in rows:
-        if batch in (batches[:2]):
+        if batch in batches[:2]:
             verdicts.append((f"{device.type} B={batch} {labels}: speedup over loop >= {MIN_SPEEDUP_OVER_LOOP:g}x",
                              loop / lib >= MIN_SPEEDUP_OVER_LOOP))
-        if batch == big_batch:
+        if batch == batches[1]:
             verdicts.append((f"{device.type} B={batch} {labels}: library <= {MAX_RATIO_TO_SIMILARITY:g}x "
                              "similarity cost", lib / sim <= MAX_RATIO_TO_SIMILARITY))
     return verdicts
@@ -183,7 +209,13 @@ def main():
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CPU, and CUDA too when available")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke test)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice, the number of cores)")
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available; use --device cpu")
     if args.device == "auto":

@@ -12,24 +12,19 @@ from typing import Optional
 import torch
 
 
-def _descending_order(x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Column indices of each row of ``x`` [n, m] in rank order (int64 [n, m]).
+def _ascending_order(x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Column indices of each row of ``x`` [n, m] in ascending order, ties by ascending index.
 
-    A stable ascending sort keeps equal values in index order; flipping it gives descending
-    order with the larger index first among ties, which is the rank convention.
+    Reversed, this is the rank order: descending values, the larger index first among ties.
+    So an element at ascending position p has rank m - 1 - p, and no flip is ever materialised.
     ``keep`` (bool, broadcastable to ``x``) marks the columns that take part: the others are
-    set to -inf so that they sort last and never change the ranks of the kept columns
-    (the kept values must be finite, which cosines and label distances are).
+    set to -inf so that they sort first (= rank last) and never change the ranks of the kept
+    columns, which then hold ranks 0 .. n_kept - 1 (kept values must be finite, as cosines and
+    label distances are).
     """
     if keep is not None:
         x = x.masked_fill(~keep, float("-inf"))
-    return torch.argsort(x, dim=-1, stable=True).flip(-1)
-
-
-def _ranks_from_order(order: torch.Tensor) -> torch.Tensor:
-    """Invert a per-row permutation: ``ranks[i, order[i, p]] = p`` (int64, same shape)."""
-    positions = torch.arange(order.shape[-1], device=order.device).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, positions)
+    return torch.argsort(x, dim=-1, stable=True)
 
 
 def _masked_rank_normalised(
@@ -40,10 +35,13 @@ def _masked_rank_normalised(
     Kept columns get ``(rank among kept + 1) / n_kept``; values in dropped columns are
     meaningless (callers mask them). ``n_kept`` is a tensor so that no host sync is needed.
     """
-    ranks = _ranks_from_order(_descending_order(x, keep)).to(torch.float32) + 1.0
-    if keep is None:
-        return ranks / x.shape[-1]
-    return ranks / n_kept.to(torch.float32)
+    m = x.shape[-1]
+    ascending = _ascending_order(x, keep)
+    # Ascending position p holds rank m - 1 - p, i.e. (rank + 1) / n = (m - p) / n.
+    denominator = m if keep is None else n_kept.to(torch.float32)
+    values = (m - torch.arange(m, device=x.device, dtype=torch.float32)) / denominator
+    out = torch.empty(ascending.shape, dtype=torch.float32, device=x.device)
+    return out.scatter_(-1, ascending, values.expand_as(ascending))
 
 
 def _check_2d(x: torch.Tensor) -> None:
@@ -58,7 +56,10 @@ def rank(x: torch.Tensor) -> torch.Tensor:
     Example: ``rank([[1., 3., 3., 2.]]) == [[3, 1, 0, 2]]``.
     """
     _check_2d(x)
-    return _ranks_from_order(_descending_order(x))
+    ascending = _ascending_order(x)
+    m = x.shape[-1]
+    ranks_by_position = torch.arange(m - 1, -1, -1, device=x.device).expand_as(ascending)
+    return torch.empty_like(ascending).scatter_(-1, ascending, ranks_by_position)
 
 
 def rank_normalised(x: torch.Tensor) -> torch.Tensor:

@@ -122,20 +122,23 @@ def _ranking_loss(features: torch.Tensor, targets: torch.Tensor, lam: float, com
     has_ties = ~keep.all()
     reference_order = torch.where(has_ties, order, torch.arange(batch, device=features.device))
     if compact:
-        reference_order = reference_order[keep]
+        kept = reference_order[keep]  # boolean indexing: fine on CPU, where nothing waits for a device
+        if kept.shape[0] < batch:  # without ties the batch stays as it is
+            features, targets = features[kept], targets[kept]
+    else:
+        features, targets = features[reference_order], targets[reference_order]
 
     # 2. Cosine similarities.
-    x = F.normalize(features[reference_order].to(torch.float32), dim=1)
-    y = targets[reference_order]
+    x = F.normalize(features.to(torch.float32), dim=1)
     similarities = x @ x.T
-    label_distances = -(y[:, None] - y[None, :]).abs()
+    label_distances = -(targets[:, None] - targets[None, :]).abs()
 
     # 3. Label ranks (constants) and feature ranks (blackbox gradient), all rows at once.
     if compact:
-        n_kept = x.shape[0]
         diff = TrueRanker.apply(similarities, lam) - rank_normalised(label_distances)
+        n_kept = x.shape[0]
     else:
-        n_kept = keep.sum()
+        n_kept = keep.sum()  # a tensor: the count never leaves the device
         pair_keep = keep[:, None] & keep[None, :]
         label_ranks = _masked_rank_normalised(label_distances, pair_keep, n_kept)
         feature_ranks = masked_true_rank(similarities, lam, pair_keep, n_kept)

@@ -1,5 +1,8 @@
 """batchwise_ranking_regularizer against a plain per-row loop written here from SPEC §1."""
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,3 +300,16 @@ def test_masked_form_dispatches_no_syncing_operator():
                "aten.unique_dim", "aten.masked_select", "aten.index_put_"}
     assert recorder.ops & syncing == set(), recorder.ops & syncing
     assert "aten.sort" in recorder.ops  # the recorder does see the dispatched operators
+
+
+# ---------------------------------------------------------------- the benchmark script still runs
+
+
+def test_bench_quick_runs_and_verifies_against_loop():
+    # The bench checks library == loop (loss and gradient) before timing and exits non-zero if not.
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "bench" / "regularizer.py"), "--quick", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120, cwd=repo)
+    assert result.returncode == 0, result.stderr
+    assert "verified against the loop before timing" in result.stdout
+    assert result.stdout.count("PASS") + result.stdout.count("FAIL") == 6
