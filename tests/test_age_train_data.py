@@ -1,5 +1,6 @@
 """Age image datasets (SPEC §6): split CSV validation, items and transforms, unreadable images
 (also from DataLoader workers), and the synthetic-data generator."""
+import gc
 import hashlib
 
 import numpy as np
@@ -93,14 +94,19 @@ def test_missing_and_corrupt_images_name_the_file(tmp_path):
         ds[2]
 
 
-def test_image_error_from_loader_workers_is_the_same_single_line(tmp_path):
+def test_image_error_from_loader_workers_is_the_same_single_line(tmp_path, monkeypatch):
     ds, _ = broken_dataset(tmp_path)
     with pytest.raises(ImageReadError) as direct:
         ds[1]
+    # After a worker error PyTorch's iterator clean-up waits MP_STATUS_CHECK_INTERVAL (5 s) per worker;
+    # shorten it so that the garbage collection below does not stall the test suite.
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.1)
     loader = DataLoader(torch.utils.data.Subset(ds, [1, 0]), batch_size=1, num_workers=2)
     with pytest.raises(UserError) as from_worker:
         list(loader)
     message = str(from_worker.value)
+    del from_worker, loader
+    gc.collect()  # shut the workers down now, while the short interval applies
     assert message == str(direct.value)
     assert "\n" not in message and one_line(message) == message and "Traceback" not in message
 
