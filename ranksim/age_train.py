@@ -217,7 +217,7 @@ def check_arch(checkpoint: Mapping, path: str, model_name: str) -> None:
                         f"or another checkpoint")
 
 
-def test_metrics(model, loader, train_labels: np.ndarray, device, gm_eps: float, show_progress: bool) -> dict:
+def evaluate_test_split(model, loader, train_labels: np.ndarray, device, gm_eps: float, show_progress: bool) -> dict:
     """Test-split metrics: {"metrics": per shot group, "per_label": per integer age}."""
     preds, labels = predict(model, loader, device, show_progress, desc="test")
     groups = age_shot_groups(train_labels, labels)
@@ -270,48 +270,14 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
     if args.evaluate:
         return evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, dataset_cls, show)
 
-    if args.pretrained and not args.resume:
-        pretrained = load_checkpoint(args.pretrained)
-        check_arch(pretrained, args.pretrained, args.model)
-        report = load_model_state(model, state_dict_of(pretrained, args.pretrained), ignore_fds=not args.fds,
-                                  allow_missing_fds=True, skip=is_head_key, source=args.pretrained)
+    report = load_pretrained(args, model) if args.pretrained and not args.resume else None
     if args.retrain_fc:
         freeze_all_but_head(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if args.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=args.lr)
-    else:
-        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-
-    start_epoch, best_loss = 0, math.inf
-    run_dir = None
+    optimizer = build_optimizer(args, model)
     if args.resume:
-        resumed = load_checkpoint(args.resume)
-        check_arch(resumed, args.resume, args.model)
-        load_model_state(model, state_dict_of(resumed, args.resume), source=args.resume)
-        if resumed.get("optimizer") is not None:
-            try:
-                optimizer.load_state_dict(resumed["optimizer"])
-            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-                raise UserError(f"--resume {args.resume}: its optimizer state does not fit this run "
-                                f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
-                                f"--retrain_fc settings of the original run") from None
-        start_epoch = int(resumed.get("epoch", 0))
-        best_loss = float(resumed.get("best_loss", math.inf))
-        if start_epoch >= args.epoch:
-            raise UserError(f"--resume {args.resume}: the checkpoint has already completed {start_epoch} epochs "
-                            f"(--epoch {args.epoch}); pass a larger --epoch to train on, or --evaluate to test it")
-        run_dir = resume_run_dir(args)
-        if run_dir is None:  # continue in a new directory, carrying over the best checkpoint
-            run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
-            source_best = Path(args.resume).parent / BEST_NAME
-            if source_best.is_file():
-                copy_as_best(source_best, run_dir / BEST_NAME)
-            else:
-                best_loss = math.inf
-        if "rng" in resumed:
-            restore_rng_state(resumed["rng"])
+        start_epoch, best_loss, run_dir = resume_from_checkpoint(args, model, optimizer)
     else:
+        start_epoch, best_loss = 0, math.inf
         run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
 
     logger = RunLogger(run_dir, enabled=is_main_process)
@@ -320,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
         logger.info("args: " + " ".join(f"--{k}={v}" for k, v in vars(args).items()))
         logger.info(f"device {device}, workers {workers}; train/val/test = {sizes['train']}/{sizes['val']}/"
                     f"{sizes['test']}; train weights min {weights.min():.3g} max {weights.max():.3g}")
-        if args.pretrained and not args.resume:
+        if report is not None:
             logger.info(f"loaded {len(report.loaded)} tensors from {args.pretrained}; kept initial: "
                         f"{', '.join(report.kept_init) or 'none'}")
         if args.resume:
@@ -329,6 +295,59 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
                               run_dir, start_epoch, best_loss, show)
     finally:
         logger.close()
+
+
+def load_pretrained(args, model):
+    """--pretrained: every tensor except the head's (RRT stage 2 / fine-tuning); FDS buffers are taken
+    with --fds when present. Returns the LoadReport."""
+    pretrained = load_checkpoint(args.pretrained)
+    check_arch(pretrained, args.pretrained, args.model)
+    return load_model_state(model, state_dict_of(pretrained, args.pretrained), ignore_fds=not args.fds,
+                            allow_missing_fds=True, skip=is_head_key, source=args.pretrained)
+
+
+def build_optimizer(args, model) -> torch.optim.Optimizer:
+    """Adam without weight decay, or SGD with momentum and weight decay (SPEC §7), over the trainable
+    parameters (only the head under --retrain_fc)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.lr)
+    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def resume_from_checkpoint(args, model, optimizer):
+    """--resume: restore model, optimizer, epoch, best score, FDS and RNG state.
+
+    Returns (start_epoch, best_loss, run_dir): an unfinished run continues in its own directory; otherwise
+    a new one is made and the source run's best checkpoint is copied into it (best_loss restarts when
+    there is none).
+    """
+    resumed = load_checkpoint(args.resume)
+    check_arch(resumed, args.resume, args.model)
+    load_model_state(model, state_dict_of(resumed, args.resume), source=args.resume)
+    if resumed.get("optimizer") is not None:
+        try:
+            optimizer.load_state_dict(resumed["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise UserError(f"--resume {args.resume}: its optimizer state does not fit this run "
+                            f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
+                            f"--retrain_fc settings of the original run") from None
+    start_epoch = int(resumed.get("epoch", 0))
+    best_loss = float(resumed.get("best_loss", math.inf))
+    if start_epoch >= args.epoch:
+        raise UserError(f"--resume {args.resume}: the checkpoint has already completed {start_epoch} epochs "
+                        f"(--epoch {args.epoch}); pass a larger --epoch to train on, or --evaluate to test it")
+    run_dir = resume_run_dir(args)
+    if run_dir is None:
+        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+        source_best = Path(args.resume).parent / BEST_NAME
+        if source_best.is_file():
+            copy_as_best(source_best, run_dir / BEST_NAME)
+        else:
+            best_loss = math.inf
+    if "rng" in resumed:  # last, so that nothing after it draws from the restored streams before training
+        restore_rng_state(resumed["rng"])
+    return start_epoch, best_loss, run_dir
 
 
 def resume_run_dir(args) -> Optional[Path]:
@@ -393,7 +412,7 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
 
     best = load_checkpoint(best_path)
     load_model_state(model, state_dict_of(best, os.fspath(best_path)), source=os.fspath(best_path))
-    tested = test_metrics(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
+    tested = evaluate_test_split(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
     return finish(logger, run_dir, args, best_path, int(best["epoch"]), sizes, tested)
 
 
@@ -408,6 +427,6 @@ def evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, datas
     run_dir = make_run_dir(args.store_root, args.store_name or
                            f"evaluate_{parent}_{time.strftime('%Y%m%d-%H%M%S')}")
     with RunLogger(run_dir, enabled=show) as logger:
-        tested = test_metrics(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
+        tested = evaluate_test_split(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
         epoch = checkpoint.get("epoch")
         return finish(logger, run_dir, args, args.resume, int(epoch) if epoch is not None else None, sizes, tested)
