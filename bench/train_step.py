@@ -32,6 +32,7 @@ from ranksim.resnet import resnet50  # noqa: E402
 
 GAMMA, LAMBDA = 100.0, 2.0  # the paper's AgeDB-DIR settings
 TARGET_OVERHEAD = 0.02
+VARIANTS = ("none", "library", "loop")
 
 
 def synchronize(device):
@@ -39,8 +40,8 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def step_times(device, batch_size, img_size, variant, warmup, steps):
-    """Seconds per training step (list of `steps` timings after `warmup` untimed steps)."""
+def make_step(device, batch_size, img_size, variant):
+    """A function running one training step of the given variant on its own model and batch."""
     torch.manual_seed(0)
     model = resnet50(return_encoding=variant != "none").to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
@@ -55,19 +56,29 @@ def step_times(device, batch_size, img_size, variant, warmup, steps):
     labels = torch.randint(0, 101, (batch_size, 1), device=device).float()
     weights = torch.ones(batch_size, 1, device=device)
     batch = [(images, labels, weights)]
-    times = []
-    for i in range(warmup + steps):
-        synchronize(device)
-        start = time.perf_counter()
+
+    def step():
         train_one_epoch(model, batch, optimizer, weighted_l1_loss, device, epoch=0, regularizer=regularizer,
                         show_progress=False)
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    del model, optimizer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return times
+
+    return step
+
+
+def median_step_seconds(device, steps_by_variant, warmup, rounds):
+    """Median seconds per step of each variant; variants are timed in turn within each round so that
+    load changes on a shared machine hit all of them alike."""
+    for step in steps_by_variant.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps_by_variant}
+    for _ in range(rounds):
+        for name, step in steps_by_variant.items():
+            synchronize(device)
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def check_loop_matches_library(device):
@@ -86,7 +97,7 @@ def main():
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--img_size", type=int, default=None, help="default 224 on CUDA, 64 on CPU")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=None, help="default 64 256 on CUDA, 32 on CPU")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 10 CUDA, 3 CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed rounds (one step of each variant) (default 10 CUDA, 3 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 CUDA, 1 CPU)")
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run")
     args = p.parse_args()
@@ -106,13 +117,17 @@ def main():
     print(f"{'B':>5} {'variant':>8} {'ms/step':>9} {'images/s':>9} {'overhead':>9}")
     failed = False
     for batch_size in batch_sizes:
-        base = None
-        for variant in ("none", "library", "loop"):
-            median = statistics.median(step_times(device, batch_size, img_size, variant, warmup, steps))
-            overhead = "" if base is None else f"{(median / base - 1) * 100:+8.1f}%"
-            if variant == "library" and base is not None and median / base - 1 > TARGET_OVERHEAD and cuda:
+        steps_by_variant = {v: make_step(device, batch_size, img_size, v) for v in VARIANTS}
+        medians = median_step_seconds(device, steps_by_variant, warmup, steps)
+        del steps_by_variant
+        if cuda:
+            torch.cuda.empty_cache()
+        base = medians["none"]
+        for variant in VARIANTS:
+            median = medians[variant]
+            overhead = "" if variant == "none" else f"{(median / base - 1) * 100:+8.1f}%"
+            if variant == "library" and cuda and median / base - 1 > TARGET_OVERHEAD:
                 failed = True
-            base = base or median
             print(f"{batch_size:>5} {variant:>8} {median * 1e3:>9.1f} {batch_size / median:>9.1f} {overhead:>9}")
     if cuda:
         print(f"target: library overhead <= {TARGET_OVERHEAD:.0%}: {'MISSED' if failed else 'met'}")
