@@ -379,16 +379,17 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
                                           regularizer=regularizer, frozen_backbone=args.retrain_fc,
                                           show_progress=show, desc=f"epoch {epoch + 1}/{args.epoch}",
                                           log_every=args.print_freq, log_fn=logger.info)
+            if args.fds and epoch >= args.start_update:
+                update_fds_statistics(model, loaders["train"], device, epoch, frozen_backbone=args.retrain_fc,
+                                      show_progress=show)
+            preds, labels = predict(model, loaders["val"], device, show, desc="val")
+            if not np.isfinite(preds).all():  # e.g. a finite loss with an inf gradient in the last step
+                raise DivergenceError(f"training diverged in epoch {epoch + 1}: the model predicts NaN/inf on val")
         except DivergenceError as exc:
             kept = (f"the last good checkpoint is {last_good}" if last_good
                     else "no checkpoint was written (it diverged in the first epoch)")
             raise UserError(f"{exc}; stopped, {kept}; lower --lr (or --regularization_weight) and "
                             f"{'resume it with --resume ' + str(last_good) if last_good else 'start again'}") from None
-        if args.fds and epoch >= args.start_update:
-            update_fds_statistics(model, loaders["train"], device, epoch, frozen_backbone=args.retrain_fc,
-                                  show_progress=show)
-
-        preds, labels = predict(model, loaders["val"], device, show, desc="val")
         val = regression_metrics(preds, labels, age_shot_groups(train_labels, labels))["all"]
         is_best = val[score_name] < best_loss
         best_loss = min(best_loss, val[score_name])
