@@ -1,7 +1,7 @@
 """The paper's module names for ranking: `from ranking import TrueRanker, rank_normalised`.
 
-The regularizer (published in a module named `ranksim`, which here is the package itself) is
-re-exported too: `from ranking import batchwise_ranking_regularizer`.
+Defined in ranksim.ranking; the regularizer (the published code's `ranksim.py`, here the package
+itself) is re-exported too: `from ranking import batchwise_ranking_regularizer`.
 """
 from ranksim.ranking import TrueRanker, rank, rank_normalised
 from ranksim.regularizer import batchwise_ranking_regularizer

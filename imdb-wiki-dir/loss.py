@@ -1,13 +1,5 @@
-"""The paper's module name for the losses: `from loss import weighted_focal_l1_loss` (ranksim.losses)."""
-from ranksim.losses import (
-                            LOSSES,
-                            get_loss,
-                            weighted_focal_l1_loss,
-                            weighted_focal_mse_loss,
-                            weighted_huber_loss,
-                            weighted_l1_loss,
-                            weighted_mse_loss,
-)
+"""The paper's module name for the losses: `from loss import weighted_focal_l1_loss`.
 
-__all__ = ["LOSSES", "get_loss", "weighted_focal_l1_loss", "weighted_focal_mse_loss", "weighted_huber_loss",
-           "weighted_l1_loss", "weighted_mse_loss"]
+Defined in ranksim.losses (weighted mse, l1, focal_mse, focal_l1, huber; LOSSES, get_loss).
+"""
+from ranksim.losses import *  # noqa: F401,F403

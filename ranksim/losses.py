@@ -13,6 +13,11 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+__all__ = [
+    "LOSSES", "get_loss", "weighted_focal_l1_loss", "weighted_focal_mse_loss", "weighted_huber_loss",
+    "weighted_l1_loss", "weighted_mse_loss",
+]
+
 ACTIVATIONS = ("sigmoid", "tanh")
 
 
