@@ -14,6 +14,11 @@ What one run does (SPEC §1.6, §2, §3, §7):
   4. load the best checkpoint, test per shot group, print the table, write ``results.json``.
 ``--evaluate --resume CKPT`` does only step 4 for CKPT (e.g. a released checkpoint).
 
+Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` runs the same program on N processes
+(DistributedDataParallel; --batch_size stays the global batch, RankSim and FDS see the global batch
+and the whole split, only rank 0 writes; see ranksim/distributed.py). --amp bf16|fp16 and
+--channels_last speed up GPU training; the defaults (fp32) are the paper's.
+
 Run directory: ``<store_root>/<run name>`` (the name encodes the settings and a timestamp unless
 --store_name is given); a directory that holds anything is never reused. --resume of an unfinished
 run continues in its own directory. Resuming is exact (same numbers as an uninterrupted run) with
@@ -28,7 +33,7 @@ from typing import Dict, Mapping, Optional, Sequence, Type
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ranksim.age_data import SPLITS, AgeCSVDataset
 from ranksim.checkpoint import (
@@ -40,10 +45,31 @@ from ranksim.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     state_dict_of,
+    unwrap_model,
+)
+from ranksim.distributed import (
+    DistContext,
+    GatheredRankSim,
+    broadcast_object,
+    check_sync_bn,
+    cleanup_distributed,
+    env_rank,
+    env_world_size,
+    fds_gather,
+    gather_predictions,
+    init_distributed,
+    mean_over_ranks,
+    per_rank_batch,
+    sync_buffers,
+    sync_state,
+    wrap_model,
 )
 from ranksim.engine import (
     DivergenceError,
+    StepOptions,
     freeze_all_but_head,
+    keep_float32,
+    make_step_options,
     predict,
     ranksim_regularizer,
     train_one_epoch,
@@ -67,6 +93,7 @@ from ranksim.runs import (
 from ranksim.weighting import REWEIGHTS, label_weights
 
 CKPT_NAME = "ckpt.pth.tar"
+SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp fp16)
 BEST_NAME = "ckpt.best.pth.tar"
 
 # AgeDB-DIR values of the flags whose default depends on the dataset (SPEC §7); IMDB-WIKI-DIR's
@@ -128,6 +155,13 @@ def build_parser(defaults: Optional[Mapping] = None) -> argparse.ArgumentParser:
     g.add_argument("--schedule", type=int, nargs="*", default=[60, 80], help="epochs at which lr is x0.1")
     g.add_argument("--batch_size", type=int, default=256)
     g.add_argument("--img_size", type=int, default=224, help="side of the square input images")
+
+    g = p.add_argument_group("multi-GPU and speed (torchrun --nproc_per_node N train.py ...)")
+    g.add_argument("--sync_bn", action="store_true", help="under torchrun: BatchNorm statistics over the global "
+                   "batch (SyncBatchNorm, GPUs only) instead of each process's share")
+    g.add_argument("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; "
+                   "fp16 with loss scaling); RankSim, the loss, the head and the metrics stay float32")
+    g.add_argument("--channels_last", action="store_true", help="NHWC memory format (faster convolutions on GPUs)")
     return p
 
 
@@ -194,19 +228,39 @@ def build_loaders(datasets: Mapping[str, AgeCSVDataset], batch_size: int, worker
                   samplers: Optional[Mapping] = None) -> Dict[str, DataLoader]:
     """Train loader (shuffled unless a sampler is given) and val/test loaders (in order).
 
-    samplers: optional {split: Sampler}, e.g. distributed samplers (then batch_size is per process).
+    samplers: optional {name: Sampler}, e.g. distributed samplers (then batch_size is per process);
+    a sampler under the name 'fds' adds an 'fds' loader over the train split (the FDS statistics pass).
     A last train batch of ONE sample is dropped: BatchNorm cannot normalise a single sample whose
     feature map is 1x1 (small --img_size), and RankSim needs two labels.
     """
     samplers = samplers or {}
     common = dict(num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     loaders = {}
-    for split in SPLITS:
-        ds, sampler = datasets[split], samplers.get(split)
+    for split in SPLITS + (("fds",) if "fds" in samplers else ()):
+        ds, sampler = datasets["train" if split == "fds" else split], samplers.get(split)
         train = split == "train"
+        n = len(sampler) if sampler is not None else len(ds)  # samples this process loads
         loaders[split] = DataLoader(ds, batch_size=batch_size, sampler=sampler, shuffle=train and sampler is None,
-                                    drop_last=train and len(ds) % batch_size == 1, **common)
+                                    drop_last=train and n % batch_size == 1, **common)
     return loaders
+
+
+def distributed_samplers(datasets: Mapping[str, AgeCSVDataset], ctx: DistContext, seed: int,
+                         fds: bool) -> Optional[Dict[str, DistributedSampler]]:
+    """Samplers of a torchrun job (None for one process): train reshuffled per epoch (set_epoch),
+    val/test (and the FDS pass over train) in order. A DistributedSampler pads the shards to equal
+    length by repeating a few samples; predictions and FDS features are gathered with their indices
+    and de-duplicated (ranksim.distributed.gather_in_dataset_order), so metrics and statistics see
+    every sample exactly once."""
+    if not ctx.distributed:
+        return None
+    kw = dict(num_replicas=ctx.world_size, rank=ctx.rank)
+    samplers = {"train": DistributedSampler(datasets["train"], shuffle=True, seed=seed, **kw),
+                "val": DistributedSampler(datasets["val"], shuffle=False, **kw),
+                "test": DistributedSampler(datasets["test"], shuffle=False, **kw)}
+    if fds:
+        samplers["fds"] = DistributedSampler(datasets["train"], shuffle=False, **kw)
+    return samplers
 
 
 def check_arch(checkpoint: Mapping, path: str, model_name: str) -> None:
@@ -217,9 +271,20 @@ def check_arch(checkpoint: Mapping, path: str, model_name: str) -> None:
                         f"or another checkpoint")
 
 
-def evaluate_test_split(model, loader, train_labels: np.ndarray, device, gm_eps: float, show_progress: bool) -> dict:
+def predict_split(model, loader, device, show_progress: bool, desc: str, ctx: Optional[DistContext] = None,
+                  options: Optional[StepOptions] = None):
+    """predict() over a split; under torchrun every rank predicts its shard and gets the whole split's
+    predictions and labels back, in dataset order (float64 [N] each)."""
+    preds, labels = predict(model, loader, device, show_progress, desc=desc, options=options)
+    if ctx is not None and ctx.distributed:
+        preds, labels = gather_predictions(preds, labels, loader.sampler, len(loader.dataset), ctx)
+    return preds, labels
+
+
+def evaluate_test_split(model, loader, train_labels: np.ndarray, device, gm_eps: float, show_progress: bool,
+                        ctx: Optional[DistContext] = None, options: Optional[StepOptions] = None) -> dict:
     """Test-split metrics: {"metrics": per shot group, "per_label": per integer age}."""
-    preds, labels = predict(model, loader, device, show_progress, desc="test")
+    preds, labels = predict_split(model, loader, device, show_progress, "test", ctx, options)
     groups = age_shot_groups(train_labels, labels)
     return {"metrics": regression_metrics(preds, labels, groups, gm_eps=gm_eps, gm_eps_mode="overall"),
             "per_label": per_label_mae(preds, labels)}
@@ -237,22 +302,46 @@ def finish(logger: RunLogger, run_dir: Path, args, checkpoint_path: str, epoch: 
 
 
 def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = None,
-         dataset_cls: Type[AgeCSVDataset] = AgeCSVDataset, samplers: Optional[Mapping] = None,
-         is_main_process: bool = True) -> dict:
+         dataset_cls: Type[AgeCSVDataset] = AgeCSVDataset) -> dict:
     """Run the program (see the module docstring) and return the results dict of results.json.
 
     argv: command-line arguments (None: sys.argv[1:]); defaults: the dataset's flag defaults;
-    dataset_cls: AgeCSVDataset subclass with the dataset's csv_name / how_to_create / overall_gm_eps;
-    samplers, is_main_process: hooks for distributed runs (only the main process logs and writes).
+    dataset_cls: AgeCSVDataset subclass with the dataset's csv_name / how_to_create / overall_gm_eps.
+    Under torchrun it joins the process group first and leaves it at the end; a user error stops
+    every rank, and only rank 0 prints it (the others exit with the same code, silently).
     """
     args = build_parser(defaults).parse_args(argv)
-    check_args(args)
-    device = select_device(args.gpu)
-    workers = cap_workers(args.workers)
-    seed_everything(args.seed)
-    show = is_main_process
+    try:
+        check_args(args)
+        per_rank_batch(args.batch_size, env_world_size())  # before joining: every rank stops at once
+        ctx = init_distributed(args.gpu, select_device)
+        try:
+            return run(args, dataset_cls, ctx)
+        finally:
+            cleanup_distributed()
+    except UserError:
+        if env_rank() == 0:
+            raise
+        raise SystemExit(2) from None  # rank 0 prints the one-line error; the other ranks exit quietly
 
-    # Data: split table, per-sample train weights, the three splits.
+
+def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistContext) -> dict:
+    """main() after the flags are parsed and the process group (if any) is joined."""
+    device = ctx.device
+    local_batch = per_rank_batch(args.batch_size, ctx.world_size)
+    check_sync_bn(args.sync_bn, ctx)
+    options = make_step_options(args.amp, args.channels_last, device,
+                                reduce_loss=mean_over_ranks if ctx.distributed else None)
+    workers = cap_workers(args.workers)
+    # Rank r seeds with seed + r: rank 0 (and a single process) as before, other ranks draw their own
+    # augmentations. The model's initial weights come from rank 0 (DDP broadcasts them).
+    seed_everything(args.seed + ctx.rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    show = ctx.is_main
+
+    # Data: split table, per-sample train weights (a deterministic function of the train labels, so
+    # every rank computes the same), the three splits.
     table = dataset_cls.read_table(args.data_dir)
     train_labels = table.loc[table["split"] == "train", "age"].to_numpy(dtype=np.float32)
     weights = label_weights(train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
@@ -260,39 +349,49 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
     datasets = {split: dataset_cls(args.data_dir, table, args.img_size, split,
                                    weights if split == "train" else None) for split in SPLITS}
     sizes = {split: len(ds) for split, ds in datasets.items()}
-    loaders = build_loaders(datasets, args.batch_size, workers, device, samplers)
+    samplers = distributed_samplers(datasets, ctx, args.seed, args.fds)
+    loaders = build_loaders(datasets, local_batch, workers, device, samplers)
 
     model = build_model(args.model, fds=args.fds, bucket_num=args.bucket_num, bucket_start=args.bucket_start,
                         start_update=args.start_update, start_smooth=args.start_smooth, kernel=args.fds_kernel,
                         ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt,
                         return_encoding=args.regularization_weight > 0).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if options.amp_dtype is not None:
+        keep_float32(model.linear)
 
     if args.evaluate:
-        return evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, dataset_cls, show)
+        return evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, dataset_cls, show, ctx, options)
 
     report = load_pretrained(args, model) if args.pretrained and not args.resume else None
     if args.retrain_fc:
-        freeze_all_but_head(model)
+        freeze_all_but_head(model)  # before DDP wraps the model: it registers the trainable parameters
     optimizer = build_optimizer(args, model)
     if args.resume:
-        start_epoch, best_loss, run_dir = resume_from_checkpoint(args, model, optimizer)
+        start_epoch, best_loss, run_dir = resume_from_checkpoint(args, model, optimizer, ctx, options)
     else:
         start_epoch, best_loss = 0, math.inf
-        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args)) if ctx.is_main else None
+    run_dir, best_loss = broadcast_object((run_dir, best_loss), ctx)
+    train_model = wrap_model(model, ctx, sync_bn=args.sync_bn)
 
-    logger = RunLogger(run_dir, enabled=is_main_process)
+    logger = RunLogger(run_dir, enabled=ctx.is_main)
     try:
         logger.info(f"run directory: {run_dir}")
         logger.info("args: " + " ".join(f"--{k}={v}" for k, v in vars(args).items()))
         logger.info(f"device {device}, workers {workers}; train/val/test = {sizes['train']}/{sizes['val']}/"
                     f"{sizes['test']}; train weights min {weights.min():.3g} max {weights.max():.3g}")
+        if ctx.distributed:
+            logger.info(f"distributed: {ctx.world_size} processes x {local_batch} samples = global batch "
+                        f"{args.batch_size}{' (SyncBatchNorm)' if args.sync_bn else ''}")
         if report is not None:
             logger.info(f"loaded {len(report.loaded)} tensors from {args.pretrained}; kept initial: "
                         f"{', '.join(report.kept_init) or 'none'}")
         if args.resume:
             logger.info(f"resumed {args.resume} after epoch {start_epoch} (best val score {best_loss:.4f})")
-        return train_and_test(args, model, optimizer, loaders, train_labels, sizes, device, dataset_cls, logger,
-                              run_dir, start_epoch, best_loss, show)
+        return train_and_test(args, train_model, optimizer, loaders, train_labels, sizes, device, dataset_cls,
+                              logger, run_dir, start_epoch, best_loss, show, ctx, options)
     finally:
         logger.close()
 
@@ -315,13 +414,17 @@ def build_optimizer(args, model) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def resume_from_checkpoint(args, model, optimizer):
-    """--resume: restore model, optimizer, epoch, best score, FDS and RNG state.
+def resume_from_checkpoint(args, model, optimizer, ctx: Optional[DistContext] = None,
+                           options: Optional[StepOptions] = None):
+    """--resume: restore model, optimizer, epoch, best score, FDS, RNG (and fp16 GradScaler) state.
 
     Returns (start_epoch, best_loss, run_dir): an unfinished run continues in its own directory; otherwise
     a new one is made and the source run's best checkpoint is copied into it (best_loss restarts when
-    there is none).
+    there is none). Under torchrun every rank loads the checkpoint, only rank 0 touches directories
+    (the others get run_dir None and receive rank 0's), and each rank re-seeds from (seed, rank, epoch)
+    instead of restoring rank 0's RNG streams.
     """
+    ctx = ctx or DistContext()
     resumed = load_checkpoint(args.resume)
     check_arch(resumed, args.resume, args.model)
     load_model_state(model, state_dict_of(resumed, args.resume), source=args.resume)
@@ -337,6 +440,12 @@ def resume_from_checkpoint(args, model, optimizer):
     if start_epoch >= args.epoch:
         raise UserError(f"--resume {args.resume}: the checkpoint has already completed {start_epoch} epochs "
                         f"(--epoch {args.epoch}); pass a larger --epoch to train on, or --evaluate to test it")
+    scaler = options.scaler if options is not None else None
+    if scaler is not None and SCALER_KEY in resumed:
+        scaler.load_state_dict(resumed[SCALER_KEY])
+    if not ctx.is_main:
+        seed_everything(args.seed + ctx.rank + 1009 * start_epoch)
+        return start_epoch, best_loss, None
     run_dir = resume_run_dir(args)
     if run_dir is None:
         run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
@@ -345,7 +454,9 @@ def resume_from_checkpoint(args, model, optimizer):
             copy_as_best(source_best, run_dir / BEST_NAME)
         else:
             best_loss = math.inf
-    if "rng" in resumed:  # last, so that nothing after it draws from the restored streams before training
+    if ctx.distributed:
+        seed_everything(args.seed + ctx.rank + 1009 * start_epoch)
+    elif "rng" in resumed:  # last, so that nothing after it draws from the restored streams before training
         restore_rng_state(resumed["rng"])
     return start_epoch, best_loss, run_dir
 
@@ -362,10 +473,24 @@ def resume_run_dir(args) -> Optional[Path]:
 
 
 def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device, dataset_cls, logger, run_dir,
-                   start_epoch, best_loss, show) -> dict:
-    """Epoch loop (train, FDS update, validate, checkpoint), then test the best checkpoint."""
+                   start_epoch, best_loss, show, ctx: Optional[DistContext] = None,
+                   options: Optional[StepOptions] = None) -> dict:
+    """Epoch loop (train, FDS update, validate, checkpoint), then test the best checkpoint.
+
+    model: the model to train (DDP-wrapped under torchrun); prediction and the FDS pass use the bare
+    model (no gradient, so DDP has nothing to add) after rank 0's BatchNorm statistics are copied to
+    every rank.
+    """
+    ctx = ctx or DistContext(device=device)
+    options = options or StepOptions()
+    bare = unwrap_model(model)
     loss_fn = get_loss(args.loss)
-    regularizer = ranksim_regularizer(args.regularization_weight, args.interpolation_lambda)
+    if ctx.distributed and args.regularization_weight > 0:
+        regularizer = GatheredRankSim(args.regularization_weight, args.interpolation_lambda, device, args.seed)
+    else:
+        regularizer = ranksim_regularizer(args.regularization_weight, args.interpolation_lambda)
+    fds_loader = loaders.get("fds", loaders["train"])
+    fds_gather_fn = fds_gather(fds_loader.sampler, sizes["train"]) if ctx.distributed and args.fds else None
     score_name = "mse" if args.loss == "mse" else "mae"
     ckpt_path, best_path = run_dir / CKPT_NAME, run_dir / BEST_NAME
     last_good = args.resume or None  # newest checkpoint of a completed epoch, for the divergence message
@@ -374,15 +499,21 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
         lr = lr_at(epoch, args.lr, args.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if ctx.distributed:  # a new shuffle per epoch, the same on every rank; same tie draws on every rank
+            loaders["train"].sampler.set_epoch(epoch)
+            if isinstance(regularizer, GatheredRankSim):
+                regularizer.set_epoch(epoch)
         try:
             train_stats = train_one_epoch(model, loaders["train"], optimizer, loss_fn, device, epoch,
                                           regularizer=regularizer, frozen_backbone=args.retrain_fc,
                                           show_progress=show, desc=f"epoch {epoch + 1}/{args.epoch}",
-                                          log_every=args.print_freq, log_fn=logger.info)
+                                          log_every=args.print_freq, log_fn=logger.info, options=options)
+            sync_buffers(bare, ctx)  # rank 0's BatchNorm running statistics everywhere (see wrap_model)
             if args.fds and epoch >= args.start_update:
-                update_fds_statistics(model, loaders["train"], device, epoch, frozen_backbone=args.retrain_fc,
-                                      show_progress=show)
-            preds, labels = predict(model, loaders["val"], device, show, desc="val")
+                update_fds_statistics(bare, fds_loader, device, epoch, frozen_backbone=args.retrain_fc,
+                                      show_progress=show, gather=fds_gather_fn, options=options)
+                sync_buffers(bare, ctx)
+            preds, labels = predict_split(bare, loaders["val"], device, show, "val", ctx, options)
             if not np.isfinite(preds).all():  # e.g. a finite loss with an inf gradient in the last step
                 raise DivergenceError(f"training diverged in epoch {epoch + 1}: the model predicts NaN/inf on val")
         except DivergenceError as exc:
@@ -395,8 +526,10 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
         best_loss = min(best_loss, val[score_name])
 
         # The published layout plus what an exact resume needs (RNG state; the lr follows from the epoch).
-        state = make_checkpoint(model, optimizer, epoch + 1, best_loss, arch=args.model,
-                                extra={"rng": capture_rng_state(), "args": vars(args)})
+        extra = {"rng": capture_rng_state(), "args": vars(args)}
+        if options.scaler is not None:
+            extra[SCALER_KEY] = options.scaler.state_dict()
+        state = make_checkpoint(model, optimizer, epoch + 1, best_loss, arch=args.model, extra=extra)
         if logger.enabled:  # only the main process writes files
             if is_best:  # best first: a kill between the two writes then repeats this epoch, losing nothing
                 save_checkpoint(state, best_path)
@@ -411,23 +544,37 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
         logger.scalars({"train/loss": train_stats["loss"], "train/ranksim": train_stats["reg"], "lr": lr,
                         "val/mse": val["mse"], "val/mae": val["mae"], "val/gmean": val["gmean"]}, epoch + 1)
 
-    best = load_checkpoint(best_path)
-    load_model_state(model, state_dict_of(best, os.fspath(best_path)), source=os.fspath(best_path))
-    tested = evaluate_test_split(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
-    return finish(logger, run_dir, args, best_path, int(best["epoch"]), sizes, tested)
+    # Rank 0 reads the best checkpoint and hands its weights to the other ranks (no shared file system needed).
+    best_epoch = None
+    if ctx.is_main:
+        best = load_checkpoint(best_path)
+        load_model_state(bare, state_dict_of(best, os.fspath(best_path)), source=os.fspath(best_path))
+        best_epoch = int(best["epoch"])
+    best_epoch = broadcast_object(best_epoch, ctx)
+    sync_state(bare, ctx)
+    tested = evaluate_test_split(bare, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show,
+                                 ctx, options)
+    return finish(logger, run_dir, args, best_path, best_epoch, sizes, tested)
 
 
-def evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, dataset_cls, show) -> dict:
-    """--evaluate --resume CKPT: test CKPT (ours or the published code's) and write results.json."""
+def evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, dataset_cls, show,
+                        ctx: Optional[DistContext] = None, options: Optional[StepOptions] = None) -> dict:
+    """--evaluate --resume CKPT: test CKPT (ours or the published code's) and write results.json.
+    Under torchrun every rank loads CKPT and tests its shard; rank 0 makes the directory and writes."""
+    ctx = ctx or DistContext(device=device)
     checkpoint = load_checkpoint(args.resume)
     check_arch(checkpoint, args.resume, args.model)
     # FDS buffers do not affect evaluation: ignored without --fds, allowed to be absent with it.
     load_model_state(model, state_dict_of(checkpoint, args.resume), ignore_fds=not args.fds,
                      allow_missing_fds=True, source=args.resume)
     parent = Path(args.resume).resolve().parent.name or "checkpoint"
-    run_dir = make_run_dir(args.store_root, args.store_name or
-                           f"evaluate_{parent}_{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = None
+    if ctx.is_main:
+        run_dir = make_run_dir(args.store_root, args.store_name or
+                               f"evaluate_{parent}_{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = broadcast_object(run_dir, ctx)
     with RunLogger(run_dir, enabled=show) as logger:
-        tested = evaluate_test_split(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show)
+        tested = evaluate_test_split(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show,
+                                     ctx, options)
         epoch = checkpoint.get("epoch")
         return finish(logger, run_dir, args, args.resume, int(epoch) if epoch is not None else None, sizes, tested)

@@ -2,9 +2,14 @@
 
 These functions know nothing about argparse or files: ``age_train.py`` wires them together.
 The feature regularizer is passed in as one callable ``regularizer(features [B, D], targets [B, 1])
--> scalar`` so that a distributed run can swap in a version that gathers the global batch first.
+-> scalar`` so that a distributed run can swap in a version that gathers the global batch first
+(ranksim.distributed.GatheredRankSim). Speed options (mixed precision, channels_last) and the
+distributed loss reduction come in one :class:`StepOptions`; its defaults are the paper's fp32 step,
+which runs exactly as it did before those options existed.
 """
+import contextlib
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
@@ -27,12 +32,80 @@ class DivergenceError(UserError):
     """The training loss became NaN/inf or exploded; the epoch is abandoned."""
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepOptions:
+    """How a step runs, not what it computes (defaults: fp32, contiguous, single process).
+
+    amp_dtype: autocast dtype of the forward pass (torch.bfloat16 / torch.float16; None = fp32). The
+        loss, RankSim and the metrics stay float32 (see :func:`keep_float32`).
+    scaler: torch.amp.GradScaler, with fp16 (its small range needs loss scaling); None otherwise.
+    channels_last: images (and the model, converted by the caller) in NHWC memory format.
+    reduce_loss: maps the detached loss to the value checked for divergence and logged; distributed
+        runs pass the mean over ranks (ranksim.distributed.mean_over_ranks), so that every rank
+        sees the same value and they all stop together.
+    """
+
+    amp_dtype: Optional[torch.dtype] = None
+    scaler: Optional["torch.amp.GradScaler"] = None
+    channels_last: bool = False
+    reduce_loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def autocast(self, device: torch.device):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+
+def make_step_options(amp: str, channels_last: bool, device: torch.device,
+                      reduce_loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> StepOptions:
+    """StepOptions from the --amp ('' | 'bf16' | 'fp16') and --channels_last flags. fp16 gets a
+    GradScaler (enabled on CUDA; on CPU fp16 autocast has no scaler support, so it is refused)."""
+    if amp and amp not in AMP_DTYPES:
+        raise UserError(f"--amp {amp}: choose bf16 or fp16 (or leave it out for fp32)")
+    scaler = None
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("--amp fp16: float16 training needs a CUDA GPU; on CPU use --amp bf16")
+        scaler = torch.amp.GradScaler(device.type)
+    return StepOptions(amp_dtype=AMP_DTYPES.get(amp), scaler=scaler, channels_last=channels_last,
+                       reduce_loss=reduce_loss)
+
+
+def keep_float32(module: nn.Module) -> nn.Module:
+    """Run ``module`` (the regression head) in float32 even inside autocast; returns it.
+
+    Why: under autocast a Linear runs in bf16/fp16, and bf16 keeps 8 significant bits, so a predicted
+    age of 50 would come out as a multiple of 0.25 (the test MAE would move with the precision, not
+    the model). The head is one small matmul, so float32 costs nothing. Done by an instance-level
+    forward that leaves the module's parameters and state_dict keys untouched.
+    """
+    plain_forward = module.forward
+
+    def forward(x, *args, **kwargs):
+        with torch.autocast(x.device.type, enabled=False):
+            return plain_forward(x.float(), *args, **kwargs)
+
+    module.forward = forward
+    return module
+
+
 def ranksim_regularizer(gamma: float, interpolation_lambda: float) -> Optional[FeatureRegularizer]:
     """gamma * RankSim(features, targets, lambda) as one callable, or None when gamma == 0 (off)."""
     if gamma == 0:
         return None
 
     def regularizer(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(features.device.type):  # --amp: RankSim stays in float32
+            with torch.autocast(features.device.type, enabled=False):
+                return gamma * batchwise_ranking_regularizer(features.float(), targets, interpolation_lambda)
         return gamma * batchwise_ranking_regularizer(features, targets, interpolation_lambda)
 
     return regularizer
@@ -78,6 +151,7 @@ def train_one_epoch(
     desc: str = "train",
     log_every: int = 0,
     log_fn: Optional[Callable[[str], None]] = None,
+    options: Optional[StepOptions] = None,
 ) -> dict:
     """Train ``model`` for one pass over ``loader`` (batches of (images, labels [B,1], weights [B,1])).
 
@@ -85,29 +159,39 @@ def train_one_epoch(
     {"loss": mean total loss, "reg": mean regularizer term (0 when off)} over the samples.
     Raises DivergenceError on a NaN/inf/exploding loss before the optimizer step that would apply it.
     log_fn(line) is called with the running loss every ``log_every`` iterations (0: never).
+    options: mixed precision / channels_last / distributed loss reduction (default: plain fp32).
     """
+    options = options or StepOptions()
+    scaler = options.scaler
     set_train_mode(model, frozen_backbone)
     total_loss = total_reg = 0.0
     seen = 0
     bar = progress(loader, desc, show_progress)
     for step, batch in enumerate(bar):
         images, labels, weights = _to_device(batch, device)
+        images = options.images(images)
         optimizer.zero_grad(set_to_none=True)
-        output = model(images, labels, epoch)
-        pred, encoding = output if isinstance(output, tuple) else (output, None)
-        loss = loss_fn(pred, labels, weights)
-        reg = None
-        if regularizer is not None:
-            reg = regularizer(encoding, labels)
-            loss = loss + reg
-        loss.backward()
+        with options.autocast(device):
+            output = model(images, labels, epoch)
+            pred, encoding = output if isinstance(output, tuple) else (output, None)
+            loss = loss_fn(pred.float(), labels, weights)  # .float(): a no-op in fp32
+            reg = None
+            if regularizer is not None:
+                reg = regularizer(encoding, labels)
+                loss = loss + reg
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         # The one host sync of the step, placed after backward so a GPU has the whole forward and
         # backward queued; the parameters are still untouched if the loss is bad.
-        value = loss.item()
+        checked = loss.detach() if options.reduce_loss is None else options.reduce_loss(loss.detach())
+        value = checked.item()
         if not math.isfinite(value) or abs(value) > EXPLODING_LOSS:
             bar.close()
             raise DivergenceError(f"training diverged at epoch {epoch + 1}, step {step + 1}: loss = {value:.4g}")
-        optimizer.step()
+        if scaler is not None:  # fp16: skips the step if the scaled gradients overflowed
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
 
         n = labels.shape[0]
         seen += n
@@ -123,12 +207,14 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device, show_progress: bool = True,
-            desc: str = "eval") -> Tuple[np.ndarray, np.ndarray]:
+            desc: str = "eval", options: Optional[StepOptions] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Predictions and labels (float64 [N] each) of ``model`` in eval mode over ``loader``."""
+    options = options or StepOptions()
     model.eval()
     preds, labels = [], []
     for images, targets, _ in progress(loader, desc, show_progress):
-        out = model(images.to(device, non_blocking=True))
+        with options.autocast(device):
+            out = model(options.images(images.to(device, non_blocking=True)))
         preds.append(out.float().cpu())
         labels.append(targets)
     if not preds:
@@ -138,16 +224,28 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, show_progr
 
 @torch.no_grad()
 def update_fds_statistics(model: nn.Module, loader: Iterable, device: torch.device, epoch: int,
-                          frozen_backbone: bool = False, show_progress: bool = True) -> None:
+                          frozen_backbone: bool = False, show_progress: bool = True,
+                          gather: Optional[Callable[[torch.Tensor, torch.Tensor],
+                                                    Tuple[torch.Tensor, torch.Tensor]]] = None,
+                          options: Optional[StepOptions] = None) -> None:
     """SPEC §3, after training epoch ``epoch``: run the train split through the model in train mode
-    (augmentation on, targets passed so smoothing applies), then update the FDS statistics."""
+    (augmentation on, targets passed so smoothing applies), then update the FDS statistics.
+
+    gather: maps this process's (features [n, D], labels [n, 1]) to the whole split's before the
+    update (distributed runs: every rank then applies the same update, see ranksim.distributed).
+    """
+    options = options or StepOptions()
     set_train_mode(model, frozen_backbone)
     features, labels = [], []
     for images, targets, _ in progress(loader, "fds stats", show_progress):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        _, encoding = model(images, targets, epoch)
-        features.append(encoding)
+        with options.autocast(device):
+            _, encoding = model(options.images(images), targets, epoch)
+        features.append(encoding.float())  # a no-op in fp32
         labels.append(targets)
+    features, labels = torch.cat(features), torch.cat(labels)
+    if gather is not None:
+        features, labels = gather(features, labels)
     fds = unwrap_model(model).FDS
     fds.update_last_epoch_stats(epoch)
-    fds.update_running_stats(torch.cat(features), torch.cat(labels), epoch)
+    fds.update_running_stats(features, labels, epoch)

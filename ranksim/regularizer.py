@@ -26,7 +26,7 @@ masking them: same random draws, same order, same numbers, but n x n work instea
 AgeDB-like labels a batch of 256 keeps ~70 samples, and the B x B similarity matmul would
 dominate the cost). Tests run both forms on CPU; any other device (CUDA, meta) takes the masked one.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,15 +52,18 @@ def _flatten_inputs(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torc
     return features.reshape(batch, -1), targets
 
 
-def _tie_reduction_order(targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _tie_reduction_order(
+    targets: torch.Tensor, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Order the batch by (label, uniform random key) and mark the first sample of each label.
 
     targets: [B]. Returns ``order`` (int64 [B]: batch indices sorted by ascending label, random
     order within a label) and ``first`` (bool [B], True at positions of ``order`` that start a
-    new label: the kept samples). Draws B uniforms from torch's RNG on the targets' device.
+    new label: the kept samples). Draws B uniforms from torch's RNG on the targets' device, or from
+    ``generator`` (a generator of that device) when given.
     """
     batch = targets.shape[0]
-    random_key = torch.rand(batch, device=targets.device)
+    random_key = torch.rand(batch, device=targets.device, generator=generator)
     by_key = torch.argsort(random_key)
     order = by_key[torch.argsort(targets[by_key], stable=True)]
     sorted_targets = targets[order]
@@ -69,7 +72,9 @@ def _tie_reduction_order(targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Ten
     return order, first
 
 
-def reduce_ties(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def reduce_ties(
+    features: torch.Tensor, targets: torch.Tensor, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """SPEC §1.1 tie reduction, materialised: the samples the regularizer keeps.
 
     features: [B, ...]; targets: [B] or [B, 1]. Returns (features [n, ...], targets in their
@@ -80,7 +85,7 @@ def reduce_ties(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Te
     (boolean indexing), unlike the regularizer.
     """
     _, flat_targets = _flatten_inputs(features, targets)
-    order, first = _tie_reduction_order(flat_targets)
+    order, first = _tie_reduction_order(flat_targets, generator)
     if bool(first.all()):
         return features, targets
     kept = order[first].to(features.device)
@@ -88,13 +93,18 @@ def reduce_ties(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Te
 
 
 def batchwise_ranking_regularizer(
-    features: torch.Tensor, targets: torch.Tensor, interp_strength_lambda: float
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    interp_strength_lambda: float,
+    generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """RankSim loss: how far the similarity ranking of features is from that of labels.
 
     features: [B, ...] (flattened to [B, D]; float16/bfloat16/float32, computed in float32);
     targets: [B] or [B, 1] labels, ideally on the features' device (else they are copied there);
-    interp_strength_lambda: TrueRanker's interpolation strength lambda (> 0). Returns a float32
+    interp_strength_lambda: TrueRanker's interpolation strength lambda (> 0); generator: optional
+    torch.Generator on the features' device for the tie-reduction draws (default: torch's global RNG;
+    distributed runs pass one seeded identically on every rank). Returns a float32
     scalar tensor; 0 (with zero gradient) when fewer than two distinct labels remain.
     On accelerators nothing waits for the device (see the module docstring); on CPU, where there is
     no device to wait for, the dropped samples are removed instead of masked, which saves the
@@ -106,10 +116,12 @@ def batchwise_ranking_regularizer(
             "(the paper uses 2)"
         )
     features, targets = _flatten_inputs(features, targets)
-    return _ranking_loss(features, targets, interp_strength_lambda, compact=features.device.type == "cpu")
+    return _ranking_loss(features, targets, interp_strength_lambda, compact=features.device.type == "cpu",
+                         generator=generator)
 
 
-def _ranking_loss(features: torch.Tensor, targets: torch.Tensor, lam: float, compact: bool) -> torch.Tensor:
+def _ranking_loss(features: torch.Tensor, targets: torch.Tensor, lam: float, compact: bool,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """The regularizer on validated features [B, D] and targets [B].
 
     compact=False: sync-free masked form over the full B x B matrix. compact=True: the kept samples
@@ -118,7 +130,7 @@ def _ranking_loss(features: torch.Tensor, targets: torch.Tensor, lam: float, com
     """
     batch = features.shape[0]
     # 1. Tie reduction (see the module docstring): kept samples in the reference's order.
-    order, keep = _tie_reduction_order(targets)
+    order, keep = _tie_reduction_order(targets, generator)
     has_ties = ~keep.all()
     reference_order = torch.where(has_ties, order, torch.arange(batch, device=features.device))
     if compact:
