@@ -1,0 +1,88 @@
+"""Mixed precision (--amp) and --channels_last on CPU (autocast bf16): what stays float32, the flags'
+errors, and a short agedb-dir training run with RankSim + FDS that resumes."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ranksim.age_train import AGEDB_DEFAULTS, main
+from ranksim.engine import keep_float32, make_step_options, ranksim_regularizer
+from ranksim.errors import UserError
+from ranksim.regularizer import batchwise_ranking_regularizer
+from ranksim.synthetic import make_synthetic_age_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def agedb_class():
+    spec = importlib.util.spec_from_file_location("agedb_datasets_amp", REPO / "agedb-dir" / "datasets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.AgeDB
+
+
+def test_head_kept_in_float32_under_autocast():
+    torch.manual_seed(0)
+    head = nn.Linear(32, 1)
+    x = torch.randn(5, 32)
+    expected = x @ head.weight.T + head.bias
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = head(x.bfloat16())
+        keep_float32(head)
+        kept = head(x.bfloat16())
+    assert plain.dtype == torch.bfloat16 and kept.dtype == torch.float32
+    # Only the input's rounding to bf16 remains (the model's features are bf16 under autocast).
+    assert torch.allclose(kept, x.bfloat16().float() @ head.weight.T + head.bias, atol=1e-5)
+    assert (plain.float() - expected).abs().max() > 10 * (kept - expected).abs().max()  # bf16 output is coarse
+    assert set(head.state_dict()) == {"weight", "bias"}  # keys unchanged
+
+
+def test_ranksim_under_autocast_is_the_float32_regularizer():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(16, 64, generator=g).bfloat16().requires_grad_(True)
+    labels = torch.tensor([float(v) for v in [3, 7, 7, 12, 20, 20, 20, 33, 41, 41, 50, 58, 60, 61, 70, 90]])
+    torch.manual_seed(5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = ranksim_regularizer(1.0, 2.0)(feats, labels.reshape(-1, 1))
+    value.backward()
+    ref_feats = feats.detach().float().requires_grad_(True)
+    torch.manual_seed(5)
+    reference = batchwise_ranking_regularizer(ref_feats, labels, 2.0)
+    reference.backward()
+    assert value.dtype == torch.float32 and torch.allclose(value, reference, rtol=1e-6)
+    assert torch.allclose(feats.grad.float(), ref_feats.grad, rtol=1e-2, atol=1e-3)
+
+
+def test_amp_flag_errors():
+    with pytest.raises(UserError, match=r"^--amp fp16: .*CUDA GPU; on CPU use --amp bf16"):
+        make_step_options("fp16", False, torch.device("cpu"))
+    options = make_step_options("bf16", True, torch.device("cpu"))
+    assert options.amp_dtype == torch.bfloat16 and options.scaler is None and options.channels_last
+    assert make_step_options("", False, torch.device("cpu")).amp_dtype is None
+
+
+def test_bf16_channels_last_run_with_ranksim_and_fds_resumes(tmp_path):
+    data = tmp_path / "data"
+    make_synthetic_age_dataset(data, n_train=24, n_val=8, n_test=8, img_size=16, seed=0)
+    store = tmp_path / "runs"
+    args = ["--data_dir", str(data), "--img_size", "16", "--model", "resnet18", "--batch_size", "8", "--workers",
+            "0", "--store_root", str(store), "--store_name", "amp", "--amp", "bf16", "--channels_last", "--fds",
+            "--regularization_weight", "100", "--interpolation_lambda", "2"]
+    AgeDB = agedb_class()
+    main(args + ["--epoch", "1"], AGEDB_DEFAULTS, AgeDB)
+    first = json.loads((store / "amp" / "results.json").read_text())
+    assert first["args"]["amp"] == "bf16" and first["metrics"]["all"]["count"] == 8
+    assert all(first["metrics"]["all"][k] is not None for k in ("mse", "mae", "gmean"))
+    log = (store / "amp" / "training.log").read_text()
+    assert float(log.split("(ranksim ")[1].split(")")[0]) > 0
+
+    # A finished run continues in a new directory (epoch 2), from its checkpoint.
+    results = main(args + ["--epoch", "2", "--resume", str(store / "amp" / "ckpt.pth.tar")], AGEDB_DEFAULTS, AgeDB)
+    assert results["args"]["resume"].endswith("amp/ckpt.pth.tar")
+    ckpt = torch.load(store / "amp_2" / "ckpt.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and "scaler" not in ckpt  # bf16 needs no loss scaling
+    assert ckpt["state_dict"]["module.FDS.num_samples_tracked"].sum() == 2 * 24
+    assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["state_dict"].values())  # weights fp32
