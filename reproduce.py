@@ -83,7 +83,7 @@ def train_command(bench: Benchmark, row: Row, runs: str, data_dir: str, extra: S
                   pretrained: Optional[str] = None, python: str = "python") -> List[str]:
     """argv of ``row``'s train.py run (run from the repository root)."""
     cmd = [python, f"{bench.folder}/train.py", "--data_dir", data_dir, "--store_root", runs,
-           "--store_name", row.key, *row.flags]
+           "--store_name", row.key, *bench.path_flags, *row.flags]
     if row.stage1 is not None:
         cmd += ["--pretrained", pretrained if pretrained is not None else "<best checkpoint of row "
                 f"{row.stage1}>"]
@@ -116,7 +116,7 @@ def load_results(runs: Path) -> List[Tuple[Path, dict]]:
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable results.json ({exc}); delete or fix the file") from None
         if not isinstance(results, dict):
-            raise UserError(f"{path}: results.json must hold a JSON object; delete or fix the file") from None
+            raise UserError(f"{path}: results.json must hold a JSON object; delete or fix the file")
         found.append((path, results))
     found.sort(key=lambda pr: (pr[0].stat().st_mtime, str(pr[0])))
     return found

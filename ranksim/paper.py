@@ -53,6 +53,8 @@ class Benchmark:
     ranksim_flags: Tuple[str, ...]   # what RankSim rows add
     metrics: Tuple[str, str]  # (error metric, second metric) of the tables: ("mae", "gmean") | ("mse", "pearson")
     default_args: Dict[str, object] = field(default_factory=dict)  # published train.py defaults that rows rely on
+    # Files train.py finds relative to ITS folder by default; reproduce.py runs from the repository root.
+    path_flags: Tuple[str, ...] = ()
 
 
 AGE_RANKSIM = ("--regularization_weight", "100", "--interpolation_lambda", "2",
@@ -79,6 +81,7 @@ BENCHMARKS: Dict[str, Benchmark] = {
         ranksim_flags=("--regularization_weight", "3e-4", "--interpolation_lambda", "2"),
         metrics=("mse", "pearson"),
         default_args={"batch_size": 16, "lr": 2.5e-4, "loss": "mse", "optimizer": "adam"},
+        path_flags=("--word_embs_file", "sts-b-dir/glove/glove.840B.300d.txt"),
     ),
 }
 
