@@ -12,6 +12,10 @@ split is evaluated with it. The model predicts score / 5; metrics are on predict
     python train.py --evaluate --eval_model <run>/ckpt.best.pth.tar       # test a checkpoint
     python train.py --resume <run>/ckpt.pth.tar                           # continue a run
 
+Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (--batch_size stays the global batch: every
+rank takes its slice of the same batch a single process would use; RankSim and FDS see the global
+batch / the whole split; rank 0 writes). --amp bf16|fp16 runs the encoder under autocast.
+
 Run directory <store_root>/<store_name>/: training.log, TensorBoard events, vocab.txt, ckpt.pth.tar
 (latest check), ckpt.best.pth.tar, results.json, test_predictions.tsv. A finished run is never
 written to again.
@@ -48,11 +52,31 @@ from ranksim.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     state_dict_of,
+    unwrap_model,
+)
+from ranksim.distributed import (
+    DistContext,
+    GatheredRankSim,
+    broadcast_object,
+    cleanup_distributed,
+    env_rank,
+    env_world_size,
+    fds_gather,
+    gather_predictions,
+    init_distributed,
+    mean_over_ranks,
+    per_rank_batch,
+    split_sizes,
+    sync_state,
+    wrap_model,
 )
 from ranksim.engine import (
     EXPLODING_LOSS,
     DivergenceError,
+    StepOptions,
     freeze_all_but_head,
+    keep_float32,
+    make_step_options,
     predict,
     update_fds_statistics,
 )
@@ -76,6 +100,7 @@ SCORE_SCALE = 5.0  # the model is trained on score / 5
 GM_EPS = 1e-10  # STS-B: absolute errors equal to 0 become 1e-10 before the geometric mean (SPEC §5)
 EVAL_BATCH_SIZE = 128  # prediction passes only (no gradient); results do not depend on it
 CKPT_NAME, BEST_NAME = "ckpt.pth.tar", "ckpt.best.pth.tar"
+SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp fp16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--random_seed", type=int, default=111)
     a("--gpu", type=int, default=None, help="CUDA device index (default: CUDA when available, else CPU)")
     a("--no_progress", action="store_true", help="no progress bars")
+    a("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; fp16 with loss "
+      "scaling); RankSim, the loss, the head and the metrics stay float32")
     return p
 
 
@@ -194,10 +221,33 @@ def test_metrics(preds: np.ndarray, scores: np.ndarray) -> Dict[str, dict]:
                               correlations=True)
 
 
-def predict_scores(model, loader, device, show_progress: bool, desc: str):
-    """(predicted scores = model output * 5, true scores), float64 [N] each, unclipped."""
-    preds, scores = predict(model, loader, device, show_progress=show_progress, desc=desc)
+def predict_scores(model, loader, device, show_progress: bool, desc: str, ctx: Optional[DistContext] = None,
+                   options: Optional[StepOptions] = None):
+    """(predicted scores = model output * 5, true scores), float64 [N] each, unclipped. Under torchrun
+    each rank predicts its shard and gets the whole split back, in dataset order."""
+    preds, scores = predict(model, loader, device, show_progress=show_progress, desc=desc, options=options)
+    if ctx is not None and ctx.distributed:
+        preds, scores = gather_predictions(preds, scores, loader.sampler, len(loader.dataset), ctx)
     return preds * SCORE_SCALE, scores
+
+
+def eval_loader(dataset, ctx: DistContext, shuffle: bool = False):
+    """In-order prediction loader; under torchrun over this rank's shard (DistributedSampler pads the
+    shards with a few repeated pairs, which gather_predictions / fds_gather drop again)."""
+    sampler = None
+    if ctx.distributed:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                      shuffle=shuffle)
+    return torch.utils.data.DataLoader(dataset, batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs, sampler=sampler)
+
+
+def rank_share(batch: np.ndarray, ctx: DistContext):
+    """This rank's contiguous slice of a global batch of indices -> (indices, sizes of every rank's slice)."""
+    if not ctx.distributed:
+        return batch, None
+    sizes = split_sizes(len(batch), ctx.world_size)
+    start = sum(sizes[:ctx.rank])
+    return batch[start:start + sizes[ctx.rank]], sizes
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -244,29 +294,45 @@ class Progress:
         return progress
 
 
-def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int, max_grad_norm: float):
+def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int, max_grad_norm: float,
+               options: Optional[StepOptions] = None, share: Optional[float] = None):
     """One optimizer step on ``batch`` -> (total loss, RankSim term) as floats.
 
     loss = loss_fn(pred, score / 5, weight) [+ gamma * RankSim(pair features, score / 5)]; FDS (inside
-    the model) buckets by the raw scores.
+    the model) buckets by the raw scores. Under torchrun ``batch`` is this rank's slice b_r of a global
+    batch of B pairs and share = b_r * N / B: DDP averages the N ranks' gradients, so scaling each
+    rank's mean loss by its share makes the average the global-batch mean even when the last batch
+    of an epoch splits unevenly; the regularizer (GatheredRankSim) is computed on the global batch
+    and needs no scaling (see ranksim/distributed.py).
     """
+    options = options or StepOptions()
     inputs, scores, weights = (t.to(device, non_blocking=True) for t in batch)
     targets = scores / SCORE_SCALE
-    output = model(inputs, scores, epoch)
-    pred, features = output if isinstance(output, tuple) else (output, None)
-    loss = loss_fn(pred, targets, weights)
-    reg = regularizer(features, targets) if regularizer is not None else None
-    if reg is not None:
-        loss = loss + reg
-    value = loss.item()
+    with options.autocast(device):
+        output = model(inputs, scores, epoch)
+        pred, features = output if isinstance(output, tuple) else (output, None)
+        loss = loss_fn(pred.float(), targets, weights)  # .float(): a no-op in fp32
+        if share is not None:
+            loss = loss * share
+        reg = regularizer(features, targets) if regularizer is not None else None
+        if reg is not None:
+            loss = loss + reg
+    value = (loss.detach() if options.reduce_loss is None else options.reduce_loss(loss.detach())).item()
     if not math.isfinite(value) or abs(value) > EXPLODING_LOSS:
         raise DivergenceError(f"training diverged at epoch {epoch + 1}: loss = {value:.4g}; "
                               "lower --lr or --regularization_weight")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaler = options.scaler
+    (scaler.scale(loss) if scaler is not None else loss).backward()
     if max_grad_norm > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return value, (reg.item() if reg is not None else 0.0)
 
 
@@ -291,43 +357,67 @@ def checkpoint_vocab_check(checkpoint: dict, vocab: List[str], source: str) -> O
     return None
 
 
+def rank_batches(num_samples: int, args, epoch: int, ctx: DistContext) -> List[np.ndarray]:
+    """epoch_batches; under torchrun without a last batch smaller than the number of processes (a rank
+    would get no pair)."""
+    batches = epoch_batches(num_samples, args.batch_size, args.random_seed, epoch)
+    return [b for b in batches if len(b) >= ctx.world_size]
+
+
 def train(args, model, optimizer, progress: Progress, splits, datasets_, device, run_dir: Path,
-          logger: RunLogger, vocab: List[str]) -> Progress:
-    """The iteration-based loop: steps, epoch-boundary FDS refresh, validation checks, checkpoints."""
-    show = not args.no_progress
+          logger: RunLogger, vocab: List[str], ctx: Optional[DistContext] = None,
+          options: Optional[StepOptions] = None) -> Progress:
+    """The iteration-based loop: steps, epoch-boundary FDS refresh, validation checks, checkpoints.
+    model: DDP-wrapped under torchrun (prediction and the FDS pass use the bare model)."""
+    ctx = ctx or DistContext(device=device)
+    options = options or StepOptions()
+    bare = unwrap_model(model)
+    show = not args.no_progress and ctx.is_main
     train_set = datasets_["train"]
-    val_loader = torch.utils.data.DataLoader(datasets_["val"], batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs)
-    fds_loader = torch.utils.data.DataLoader(train_set, batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs)
+    val_loader = eval_loader(datasets_["val"], ctx)
+    fds_loader = eval_loader(train_set, ctx)
+    fds_gather_fn = fds_gather(fds_loader.sampler, len(train_set)) if ctx.distributed and args.fds else None
     loss_fn = get_loss(args.loss)
     if args.loss == "huber":
         loss_fn = functools.partial(loss_fn, beta=args.huber_beta)
+    gathered = None
+    if ctx.distributed and args.regularization_weight > 0:
+        gathered = GatheredRankSim(args.regularization_weight, args.interpolation_lambda, device, args.random_seed)
+        gathered.set_epoch(progress.epoch)
     regularizer = make_ranksim_regularizer(args.regularization_weight, args.interpolation_lambda)
     frozen_encoder = args.retrain_fc
 
-    batches = epoch_batches(len(train_set), args.batch_size, args.random_seed, progress.epoch)
+    batches = rank_batches(len(train_set), args, progress.epoch, ctx)
     while len(progress.val_history) < args.max_vals:
         model.train()  # RRT too: the frozen encoder has no BatchNorm, only dropout (as in training)
         loss_sum = reg_sum = 0.0
         bar = tqdm(range(args.val_interval), desc=f"check {len(progress.val_history) + 1}", leave=False,
                    disable=not show, dynamic_ncols=True)
         for step in bar:
-            batch = collate_pairs([train_set[i] for i in batches[progress.batch_in_epoch]])
-            loss, reg = train_step(model, batch, optimizer, loss_fn, regularizer, device, progress.epoch,
-                                   args.max_grad_norm)
+            global_batch = batches[progress.batch_in_epoch]
+            indices, sizes = rank_share(global_batch, ctx)
+            batch = collate_pairs([train_set[i] for i in indices])
+            share = len(indices) * ctx.world_size / len(global_batch) if ctx.distributed else None
+            step_regularizer = regularizer if gathered is None else functools.partial(gathered, sizes=sizes)
+            loss, reg = train_step(model, batch, optimizer, loss_fn, step_regularizer, device, progress.epoch,
+                                   args.max_grad_norm, options, share)
             progress.iteration += 1
             progress.batch_in_epoch += 1
             loss_sum, reg_sum = loss_sum + loss, reg_sum + reg
             bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", epoch=progress.epoch, refresh=False)
             if progress.batch_in_epoch == len(batches):  # epoch boundary
                 if args.fds and progress.epoch >= args.start_update:
-                    update_fds_statistics(model, fds_loader, device, progress.epoch, frozen_encoder, show)
+                    update_fds_statistics(bare, fds_loader, device, progress.epoch, frozen_encoder, show,
+                                          gather=fds_gather_fn, options=options)
                     model.train()
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
-                batches = epoch_batches(len(train_set), args.batch_size, args.random_seed, progress.epoch)
+                batches = rank_batches(len(train_set), args, progress.epoch, ctx)
+                if gathered is not None:
+                    gathered.set_epoch(progress.epoch)
         bar.close()
 
-        preds, scores = predict_scores(model, val_loader, device, show, "val")
+        preds, scores = predict_scores(bare, val_loader, device, show, "val", ctx, options)
         val = test_metrics(preds, scores)["all"]
         progress.val_history.append(val["mse"])
         is_best = val["mse"] < progress.best_val_mse
@@ -342,14 +432,15 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
                         "val/mse": val["mse"], "val/mae": val["mae"], "val/pearson": val["pearson"] or 0.0,
                         "val/spearman": val["spearman"] or 0.0, "train/epoch": progress.epoch},
                        progress.iteration)
-        save_checkpoint(make_checkpoint(model, optimizer, progress.epoch, progress.best_val_mse, arch=ARCH,
-                                        module_prefix=False, extra={
-                                            **progress.state(), "rng": capture_rng_state(),
-                                            "vocab_fingerprint": vocab_fingerprint(vocab),
-                                            "args": vars(args)}),
-                        run_dir / CKPT_NAME)
-        if is_best:
-            copy_as_best(run_dir / CKPT_NAME, run_dir / BEST_NAME)
+        extra = {**progress.state(), "rng": capture_rng_state(), "vocab_fingerprint": vocab_fingerprint(vocab),
+                 "args": vars(args)}
+        if options.scaler is not None:
+            extra[SCALER_KEY] = options.scaler.state_dict()
+        if ctx.is_main:  # only rank 0 writes
+            save_checkpoint(make_checkpoint(model, optimizer, progress.epoch, progress.best_val_mse, arch=ARCH,
+                                            module_prefix=False, extra=extra), run_dir / CKPT_NAME)
+            if is_best:
+                copy_as_best(run_dir / CKPT_NAME, run_dir / BEST_NAME)
         if should_stop_early(progress.val_history, args.patience):
             logger.info(f"early stop: val mse {val['mse']:.4f} is the worst of the last {args.patience + 1} checks")
             break
@@ -393,10 +484,30 @@ def resume_run_dir(args) -> Path:
 
 
 def main(argv=None) -> Dict:
+    """Parse the flags, join the torchrun process group if there is one, run. A user error stops every
+    rank; only rank 0 prints it (the others exit with the same code, quietly)."""
     args = build_parser().parse_args(argv)
-    check_args(args)
-    seed_everything(args.random_seed)
-    device = select_device(args.gpu)
+    try:
+        check_args(args)
+        per_rank_batch(args.batch_size, env_world_size())  # before joining: every rank stops at once
+        ctx = init_distributed(args.gpu, select_device)
+        try:
+            return prepare_and_run(args, argv, ctx)
+        finally:
+            cleanup_distributed()
+    except UserError:
+        if env_rank() == 0:
+            raise
+        raise SystemExit(2) from None
+
+
+def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
+    """Data, vocabulary, checkpoint checks and the run directory (rank 0's, on every rank), then run()."""
+    # Rank r seeds with seed + r: rank 0 (and a single process) as before; other ranks get their own
+    # dropout masks. The initial weights are rank 0's (DDP broadcasts them).
+    seed_everything(args.random_seed + ctx.rank)
+    device = ctx.device
+    options = make_step_options(args.amp, False, device, reduce_loss=mean_over_ranks if ctx.distributed else None)
 
     splits = load_splits(args.data_dir, args.max_seq_len)  # UserError for missing/bad files first
     vocab = build_vocab(splits, args.max_word_v_size)
@@ -416,29 +527,40 @@ def main(argv=None) -> Dict:
     if checkpoint is None and args.glove:
         check_glove_file(args.word_embs_file, args.d_word)
 
-    run_dir = resume_run_dir(args) if args.resume else make_run_dir(args.store_root, args.store_name or run_name(args))
-    logger = RunLogger(run_dir)
+    run_dir = None
+    if ctx.is_main:
+        run_dir = resume_run_dir(args) if args.resume else make_run_dir(args.store_root,
+                                                                        args.store_name or run_name(args))
+    run_dir = broadcast_object(run_dir, ctx)
+    logger = RunLogger(run_dir, enabled=ctx.is_main)
     try:
         logger.info("command: train.py " + " ".join(sys.argv[1:] if argv is None else argv))
         if vocab_note:
             logger.info(vocab_note)
-        return run(args, device, splits, vocab, datasets_, source, checkpoint, run_dir, logger)
+        return run(args, device, splits, vocab, datasets_, source, checkpoint, run_dir, logger, ctx, options)
     finally:
         logger.close()
 
 
 def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optional[dict], run_dir: Path,
-        logger: RunLogger) -> Dict:
+        logger: RunLogger, ctx: Optional[DistContext] = None, options: Optional[StepOptions] = None) -> Dict:
     """Build the model (from GloVe or ``checkpoint``), train unless --evaluate, test, write results.json."""
+    ctx = ctx or DistContext(device=device)
+    options = options or StepOptions()
     logger.info(f"run directory: {run_dir}")
     logger.info(f"device: {device}; sizes: train {len(splits['train'])}, val {len(splits['val'])}, "
                 f"test {len(splits['test'])} pairs; vocabulary {len(vocab)} entries")
-    (run_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    if ctx.distributed:
+        logger.info(f"distributed: {ctx.world_size} processes share each global batch of {args.batch_size}")
+    if ctx.is_main:
+        (run_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
 
     # Where the weights come from decides whether GloVe is needed: a checkpoint carries the embeddings.
     embeddings = None if checkpoint is not None else initial_embeddings(args, vocab, logger)
     use_fds = args.fds and not args.evaluate  # FDS is never applied in evaluation: its buffers are ignored
     model = build_model(args, vocab, embeddings, use_fds).to(device)
+    if options.amp_dtype is not None:
+        keep_float32(model.head)
 
     head_key = HEAD_NAME + "."
     if args.evaluate or (args.retrain_fc and not args.resume):
@@ -461,7 +583,12 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
         progress = Progress.from_checkpoint(checkpoint)
         if not (run_dir / BEST_NAME).is_file():
             progress.best_val_mse = math.inf  # no best checkpoint to compare against: the next check is best
-        restore_rng_state(checkpoint["rng"])
+        if options.scaler is not None and SCALER_KEY in checkpoint:
+            options.scaler.load_state_dict(checkpoint[SCALER_KEY])
+        if ctx.distributed:  # each rank its own dropout stream (the batches follow from seed and epoch)
+            seed_everything(args.random_seed + ctx.rank + 1009 * progress.iteration)
+        else:
+            restore_rng_state(checkpoint["rng"])
         logger.info(f"resumed from {args.resume}: iteration {progress.iteration}, "
                     f"{len(progress.val_history)} checks done, best val mse {progress.best_val_mse:.4f}")
 
@@ -472,17 +599,24 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(f"training {n_trainable:,} parameters; {args.val_interval} iterations per check, "
                     f"at most {args.max_vals} checks")
-        progress = train(args, model, optimizer, progress, splits, datasets_, device, run_dir, logger, vocab)
-        best = load_checkpoint(best_path)
-        load_model_state(model, state_dict_of(best, str(best_path)), source=str(best_path))
-        checkpoint_epoch, checkpoint_iteration = best.get("epoch"), best.get("iteration")
+        progress = train(args, wrap_model(model, ctx), optimizer, progress, splits, datasets_, device, run_dir,
+                         logger, vocab, ctx, options)
+        # Rank 0 reads the best checkpoint and hands its weights to the other ranks.
+        if ctx.is_main:
+            best = load_checkpoint(best_path)
+            load_model_state(model, state_dict_of(best, str(best_path)), source=str(best_path))
+            checkpoint_epoch, checkpoint_iteration = best.get("epoch"), best.get("iteration")
+        checkpoint_epoch, checkpoint_iteration = broadcast_object((checkpoint_epoch, checkpoint_iteration), ctx)
+        sync_state(model, ctx)
         logger.info(f"best checkpoint: iteration {progress.best_iteration}, val mse {progress.best_val_mse:.4f}")
 
-    test_loader = torch.utils.data.DataLoader(datasets_["test"], batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs)
-    preds, scores = predict_scores(model, test_loader, device, not args.no_progress, "test")
+    test_loader = eval_loader(datasets_["test"], ctx)
+    preds, scores = predict_scores(model, test_loader, device, not args.no_progress and ctx.is_main, "test", ctx,
+                                   options)
     metrics = test_metrics(preds, scores)
     logger.info(f"test metrics ({best_path}):\n{format_metrics_table(metrics)}")
-    write_predictions(run_dir / "test_predictions.tsv", preds, scores)
+    if ctx.is_main:
+        write_predictions(run_dir / "test_predictions.tsv", preds, scores)
     results = {
         "dataset": DATASET, "split": "test", "checkpoint": str(best_path), "epoch": checkpoint_epoch,
         "iteration": checkpoint_iteration,
@@ -491,8 +625,9 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
         "metrics": metrics,
         "per_label": per_label_mae(preds, scores, label_of=stsb_bin_of),
     }
-    write_results_json(run_dir, results)
-    logger.info(f"results: {run_dir / RESULTS_NAME}")
+    if ctx.is_main:
+        write_results_json(run_dir, results)
+        logger.info(f"results: {run_dir / RESULTS_NAME}")
     return results
 
 

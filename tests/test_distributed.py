@@ -274,3 +274,40 @@ def test_torchrun_run_writes_one_results_json_equal_to_single_process_evaluation
             else:
                 assert trained["metrics"][group][key] == pytest.approx(value, rel=1e-5), (group, key)
     assert trained["per_label"].keys() == evaluated["per_label"].keys()
+
+
+def test_stsb_torchrun_run_with_ranksim_and_fds_matches_single_process_evaluation(tmp_path):
+    spec = importlib.util.spec_from_file_location("stsb_synthetic_ddp", REPO / "sts-b-dir" / "data" /
+                                                  "make_synthetic_sts_b.py")
+    synthetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic)
+    data_dir = synthetic.write_synthetic_splits(tmp_path / "STS-B", seed=0)
+    glove = synthetic.write_synthetic_glove(tmp_path / "glove.txt", 8, seed=0)
+    store = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    common = ["--data_dir", str(data_dir), "--word_embs_file", str(glove), "--d_word", "8", "--d_hid", "16",
+              "--store_root", str(store), "--no_progress"]
+    # 120 training pairs in global batches of 16: 20 iterations cross an epoch boundary (FDS pass).
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD), "train.py",
+         *common, "--store_name", "ddp", "--val_interval", "10", "--max_vals", "2", "--lr", "1e-2", "--fds",
+         "--regularization_weight", "3e-4", "--interpolation_lambda", "2"],
+        cwd=REPO / "sts-b-dir", env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [p.name for p in store.iterdir()] == ["ddp"]
+    trained = json.loads((store / "ddp" / "results.json").read_text())
+    assert trained["metrics"]["all"]["count"] == 40
+    log = (store / "ddp" / "training.log").read_text()
+    assert "2 processes share each global batch of 16" in log and log.count("check 2/2 | iter 20") == 1
+    ckpt = torch.load(store / "ddp" / "ckpt.pth.tar", map_location="cpu", weights_only=True)
+    assert "FDS.running_mean" in ckpt["state_dict"]  # the published plain layout (no module. prefix)
+    # two epoch boundaries (iterations 8 and 16): two FDS passes, each over every train pair once
+    assert ckpt["state_dict"]["FDS.num_samples_tracked"].sum() == 2 * 120
+
+    proc = subprocess.run([sys.executable, "train.py", *common, "--store_name", "eval", "--evaluate",
+                           "--eval_model", str(store / "ddp" / "ckpt.best.pth.tar")],
+                          cwd=REPO / "sts-b-dir", env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((store / "eval" / "results.json").read_text())
+    for key in ("mse", "mae", "pearson", "spearman"):
+        assert trained["metrics"]["all"][key] == pytest.approx(evaluated["metrics"]["all"][key], rel=1e-5), key
