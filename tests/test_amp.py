@@ -88,3 +88,20 @@ def test_bf16_channels_last_run_with_ranksim_and_fds_resumes(tmp_path):
     assert ckpt["epoch"] == 2 and "scaler" not in ckpt  # bf16 needs no loss scaling
     assert ckpt["state_dict"]["module.FDS.num_samples_tracked"].sum() == 2 * 24
     assert all(v.dtype in (torch.float32, torch.int64) for v in ckpt["state_dict"].values())  # weights fp32
+
+
+def test_gpu_bench_quick_runs_every_section():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    regularizer = [r for r in rows if r[:2] == ["a", "regularizer"]]
+    steps = [r for r in rows if r[:2] == ["b", "ResNet-50"]]
+    loader = [r for r in rows if r[:2] == ["c", "loader"]]
+    assert [r[2] for r in regularizer] == ["B=32", "B=64"] and all(r[-1].endswith("x") for r in regularizer)
+    assert [r[4] for r in steps] == ["fp32", "fp32+ranksim", "bf16cl", "bf16cl+ranksim"]
+    assert all(float(r[5]) > 0 and r[6] == "img/s" for r in steps)
+    assert len(loader) == 2 and all(float(r[4]) > 0 for r in loader)
