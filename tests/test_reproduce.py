@@ -307,3 +307,29 @@ def test_table_of_real_runs_shows_their_numbers(real_runs):
     # the tiny runs differ from the paper's settings, and the table says so
     assert re.search(r"\\\* Vanilla: run differs from the paper's settings: .*epoch=1 \(paper: 120\)", md)
     assert "model=resnet18 (paper: resnet50)" in md and "img_size=16 (paper: 224)" in md
+
+
+PARSER_DEFAULTS = {
+    "agedb-dir": "from ranksim.age_train import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "imdb-wiki-dir": "from ranksim.age_train import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "sts-b-dir": "import train; p = train.build_parser()",
+}
+
+
+@pytest.mark.parametrize("dataset", list(BENCHMARKS))
+def test_paper_defaults_are_the_train_programs_defaults(dataset):
+    """The settings the table compares runs against (and the rows leave implicit) are train.py's defaults."""
+    bench = BENCHMARKS[dataset]
+    code = f"import json; {PARSER_DEFAULTS[bench.folder]}; print(json.dumps(vars(p.parse_args([]))))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / bench.folder, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    defaults = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, value in bench.default_args.items():
+        assert defaults[name] == value, (name, defaults[name], value)
+    assert defaults["regularization_weight"] == 0 and defaults.get("reweight") == "none"
+    for flag in ("--regularization_weight", "--interpolation_lambda", "--reweight", "--lds", "--fds", "--loss",
+                 "--retrain_fc", "--pretrained", "--store_root", "--store_name", "--data_dir"):
+        assert flag.lstrip("-") in defaults, flag
+    if bench.path_flags:
+        assert bench.path_flags[0].lstrip("-") in defaults
