@@ -9,6 +9,7 @@ which runs exactly as it did before those options existed.
 """
 import contextlib
 import math
+import types
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Tuple
 
@@ -87,14 +88,14 @@ def keep_float32(module: nn.Module) -> nn.Module:
     the model). The head is one small matmul, so float32 costs nothing. Done by an instance-level
     forward that leaves the module's parameters and state_dict keys untouched.
     """
-    plain_forward = module.forward
-
-    def forward(x, *args, **kwargs):
-        with torch.autocast(x.device.type, enabled=False):
-            return plain_forward(x.float(), *args, **kwargs)
-
-    module.forward = forward
+    # A bound method of the module (not a closure over it), so that copy.deepcopy rebinds it to the copy.
+    module.forward = types.MethodType(_float32_forward, module)
     return module
+
+
+def _float32_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs):
+    with torch.autocast(x.device.type, enabled=False):
+        return type(self).forward(self, x.float(), *args, **kwargs)
 
 
 def ranksim_regularizer(gamma: float, interpolation_lambda: float) -> Optional[FeatureRegularizer]:
