@@ -72,8 +72,12 @@ def _commands(readme):
         line = line.replace("<same flags>", "")
         line = PLACEHOLDER.sub(lambda m: "X" if " " not in m.group(1) else "", line)
         line = re.sub(r"\[(--[^\]]+)\]", r"\1", line)  # optional flags shown as [--fds]
+        line = re.split(r" (?:\||2?>)", line)[0]  # drop pipes and redirections
         argv = shlex.split(os.path.expandvars(_expand(line, variables)))
-        found.append((cwd, argv))
+        # "..." stands for "the other flags"; "cpu|cuda" lists alternatives: check the first
+        argv = [a.split("|")[0] for a in argv if a != "..."]
+        if any(a.endswith(".py") for a in argv) or argv[1:2] in (["-m"], ["-c"]):
+            found.append((cwd, argv))  # (a bare `torchrun --nproc_per_node N` in prose names no script)
     return found
 
 
