@@ -6,7 +6,6 @@ cheaper variants call the same ``main`` in-process. Images are 16 px, models Res
 layout test (ResNet-50), so the whole file stays well under two minutes on two cores.
 """
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from folder_modules import load_folder_module
 from PIL import Image
 
 from ranksim.age_train import build_parser, main
@@ -34,15 +34,7 @@ IMG = 16
 N_TRAIN = 48
 
 
-def load_folder_module(folder: str, name: str):
-    """Import <folder>/<name>.py under a unique module name (both folders have a datasets.py)."""
-    spec = importlib.util.spec_from_file_location(f"{folder.replace('-', '_')}_{name}", REPO / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-AgeDB = load_folder_module("agedb-dir", "datasets").AgeDB
+AgeDB = load_folder_module("agedb_dir_datasets", REPO / "agedb-dir" / "datasets.py").AgeDB
 AGEDB_DEFAULTS = {"dataset": "agedb", "lds_ks": 9, "fds_ks": 9, "bucket_start": 3, "epoch": 120}
 
 

@@ -1,12 +1,12 @@
 """Mixed precision (--amp) and --channels_last on CPU (autocast bf16): what stays float32, the flags'
 errors, and a short agedb-dir training run with RankSim + FDS that resumes."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from folder_modules import load_folder_module
 
 from ranksim.age_train import AGEDB_DEFAULTS, main
 from ranksim.engine import keep_float32, make_step_options, ranksim_regularizer
@@ -18,10 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def agedb_class():
-    spec = importlib.util.spec_from_file_location("agedb_datasets_amp", REPO / "agedb-dir" / "datasets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.AgeDB
+    return load_folder_module("agedb_datasets_amp", REPO / "agedb-dir" / "datasets.py").AgeDB
 
 
 def test_head_kept_in_float32_under_autocast():

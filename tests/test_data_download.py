@@ -6,7 +6,6 @@ download resumed with a Range request, layout checks, no overwrite without --for
 """
 import gzip
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from folder_modules import load_folder_module
 from http_server import serve_directory
 from test_age_splits import IMDB_ROWS, WIKI_ROWS, assert_one_line_error, repeated_rows, write_mat
 
@@ -30,10 +30,7 @@ def run_script(folder, script, *args):
 
 
 def load_script(folder, script):
-    spec = importlib.util.spec_from_file_location(f"script_{script[:-3]}", REPO / folder / "data" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_folder_module(f"{folder.replace('-', '_')}_{script[:-3]}", REPO / folder / "data" / script)
 
 
 def split_csv_bytes(n_rows=3000):

@@ -11,7 +11,6 @@ test process, with the plain library functions:
 Then a tiny agedb-dir/train.py run under torchrun (2 processes) whose results.json must equal a
 single-process --evaluate of its best checkpoint.
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
+from folder_modules import load_folder_module
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ranksim.distributed import (
@@ -216,10 +216,7 @@ def test_global_batch_must_be_divisible_by_the_process_count():
 
 
 def load_agedb_module():
-    spec = importlib.util.spec_from_file_location("agedb_datasets_ddp", REPO / "agedb-dir" / "datasets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.AgeDB
+    return load_folder_module("agedb_datasets_ddp", REPO / "agedb-dir" / "datasets.py").AgeDB
 
 
 def test_indivisible_batch_under_torchrun_stops_before_anything_is_made(tmp_path, monkeypatch):
@@ -277,10 +274,7 @@ def test_torchrun_run_writes_one_results_json_equal_to_single_process_evaluation
 
 
 def test_stsb_torchrun_run_with_ranksim_and_fds_matches_single_process_evaluation(tmp_path):
-    spec = importlib.util.spec_from_file_location("stsb_synthetic_ddp", REPO / "sts-b-dir" / "data" /
-                                                  "make_synthetic_sts_b.py")
-    synthetic = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(synthetic)
+    synthetic = load_folder_module("stsb_synthetic_ddp", REPO / "sts-b-dir" / "data" / "make_synthetic_sts_b.py")
     data_dir = synthetic.write_synthetic_splits(tmp_path / "STS-B", seed=0)
     glove = synthetic.write_synthetic_glove(tmp_path / "glove.txt", 8, seed=0)
     store = tmp_path / "runs"

@@ -3,14 +3,13 @@ cache, the published state_dict keys, padding masking, shot groups and the early
 
 Everything here runs in-process on tiny hand-built inputs (no downloads, no NLTK data).
 """
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from folder_modules import load_folder_module
 
 from ranksim.errors import UserError
 
@@ -19,29 +18,8 @@ STSB_DIR = ROOT / "sts-b-dir"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
 
-SIBLINGS = ("datasets", "models", "loss", "ranking")  # sts-b-dir files imported by plain name
-
-
-def _load(name: str, path: Path):
-    """Import a benchmark-folder file under a unique module name (the folder is not a package).
-    train.py imports its siblings by plain name (datasets, models): other modules of those names are
-    set aside meanwhile and put back afterwards, and ours never stay in sys.modules."""
-    before = {sibling: sys.modules.pop(sibling) for sibling in SIBLINGS if sibling in sys.modules}
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-        for sibling in SIBLINGS:  # never leave ours behind, and give back any other folder's modules
-            sys.modules.pop(sibling, None)
-        sys.modules.update(before)
-    return module
-
-
-stsb_data = _load("stsb_datasets", STSB_DIR / "datasets.py")
-stsb_models = _load("stsb_models", STSB_DIR / "models.py")
+stsb_data = load_folder_module("stsb_datasets", STSB_DIR / "datasets.py")
+stsb_models = load_folder_module("stsb_models", STSB_DIR / "models.py")
 
 
 def write_tsv(path: Path, rows, header: str = HEADER) -> Path:
@@ -291,7 +269,7 @@ def test_pair_features_and_outputs():
 
 # ------------------------------------------------------------------------------------- training rules
 
-stsb_train = _load("stsb_train", STSB_DIR / "train.py")
+stsb_train = load_folder_module("stsb_train", STSB_DIR / "train.py")
 
 
 @pytest.mark.parametrize("history, patience, stop", [

@@ -1,13 +1,13 @@
 """STS-B-DIR download / creation scripts against a local HTTP server (no internet): the published
 split download with pinned checksums, the GLUE STS-B -> STS-B-DIR creation, and the GloVe download."""
 import hashlib
-import importlib.util
 import zipfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from folder_modules import load_folder_module
 from http_server import serve_directory
 
 from ranksim.errors import UserError, run_cli
@@ -17,17 +17,10 @@ STSB_DIR = ROOT / "sts-b-dir"
 HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-download_script = _load("stsb_download_script", STSB_DIR / "data" / "download_sts_b_dir.py")
-create_script = _load("stsb_create_script", STSB_DIR / "data" / "create_sts_b_dir.py")
-glove_script = _load("stsb_glove_script", STSB_DIR / "glove" / "download_glove.py")
-stsb_data = _load("stsb_datasets_scripts", STSB_DIR / "datasets.py")
+download_script = load_folder_module("stsb_download_script", STSB_DIR / "data" / "download_sts_b_dir.py")
+create_script = load_folder_module("stsb_create_script", STSB_DIR / "data" / "create_sts_b_dir.py")
+glove_script = load_folder_module("stsb_glove_script", STSB_DIR / "glove" / "download_glove.py")
+stsb_data = load_folder_module("stsb_datasets_scripts", STSB_DIR / "datasets.py")
 
 
 def sha256(data: bytes) -> str:

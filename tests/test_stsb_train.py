@@ -4,7 +4,6 @@ One run goes through the real script as a subprocess; the others call its ``main
 (the script's ``__main__`` is exactly ``run_cli(main)``), which saves the 5-10 s interpreter and
 torch start-up per run on the 2-core test machine.
 """
-import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from folder_modules import load_folder_module
 
 from ranksim.errors import run_cli
 
@@ -24,29 +24,8 @@ D_WORD = 8
 MANY = [0, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44, 46, 48, 49]
 MEDIUM = [2, 4, 6, 8, 27, 35, 37]
 
-SIBLINGS = ("datasets", "models", "loss", "ranking")  # sts-b-dir files imported by plain name
-
-
-def _load(name: str, path: Path):
-    """Import a benchmark-folder file under a unique module name (the folder is not a package).
-    train.py imports its siblings by plain name (datasets, models): other modules of those names are
-    set aside meanwhile and put back afterwards, and ours never stay in sys.modules."""
-    before = {sibling: sys.modules.pop(sibling) for sibling in SIBLINGS if sibling in sys.modules}
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-        for sibling in SIBLINGS:  # never leave ours behind, and give back any other folder's modules
-            sys.modules.pop(sibling, None)
-        sys.modules.update(before)
-    return module
-
-
-stsb_train = _load("stsb_train_e2e", STSB_DIR / "train.py")
-synthetic = _load("stsb_synthetic", STSB_DIR / "data" / "make_synthetic_sts_b.py")
+stsb_train = load_folder_module("stsb_train_e2e", STSB_DIR / "train.py")
+synthetic = load_folder_module("stsb_synthetic", STSB_DIR / "data" / "make_synthetic_sts_b.py")
 
 
 @pytest.fixture(autouse=True)
@@ -222,7 +201,7 @@ def test_resuming_a_finished_run_never_touches_it(vanilla, data):
 
 
 def test_bench_quick_runs():
-    bench = _load("stsb_bench", ROOT / "bench" / "stsb_step.py")
+    bench = load_folder_module("stsb_bench", ROOT / "bench" / "stsb_step.py")
     rows = bench.main(["--quick", "--cpu"])
     assert [label.split(" ")[0] for label, _ in rows] == ["vanilla", "RankSim", "FDS"]
     assert all(rate > 0 for _, rate in rows)
