@@ -17,11 +17,11 @@ printed, speed misses do not change the exit code.
     python bench/fds.py --quick        # tiny sizes, smoke test
     python bench/fds.py --threads 1    # steadier on a CPU busy with other work
 """
-import argparse
 import statistics
 import time
 
 import torch
+from common import run_benchmark  # bench/common.py: python puts the script's folder on sys.path
 
 from ranksim.fds import FDS
 
@@ -203,32 +203,9 @@ def run_device(device, quick):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: CPU, and CUDA too when available")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke test)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice). On a CPU shared with other "
-                             "work, --threads 1 avoids OpenMP stalls that swamp the sub-millisecond library ops")
-    args = parser.parse_args()
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available; use --device cpu")
-    if args.device == "auto":
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    else:
-        devices = [args.device]
-
-    verdicts = []
-    for name in devices:
-        verdicts += run_device(torch.device(name), args.quick)
-    note = " (quick run: sizes too small for the targets to mean anything)" if args.quick else ""
-    print(f"\nTargets (set for the 2-core CPU; shown for every device){note}:")
-    for text, ok in verdicts:
-        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    run_benchmark(__doc__.splitlines()[0], run_device,
+                  threads_help="CPU threads for torch (default: torch's choice). On a CPU shared with other "
+                               "work, --threads 1 avoids OpenMP stalls that swamp the sub-millisecond library ops")
 
 
 if __name__ == "__main__":

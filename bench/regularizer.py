@@ -13,13 +13,13 @@ code (only a numerical mismatch between the two implementations does).
     python bench/regularizer.py --quick       # tiny sizes, smoke test
     python bench/regularizer.py --threads 1   # steadier numbers when other jobs share the cores
 """
-import argparse
 import os
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from common import run_benchmark  # bench/common.py: python puts the script's folder on sys.path
 
 from ranksim.ranking import TrueRanker, rank_normalised
 from ranksim.regularizer import _flatten_inputs, _ranking_loss, batchwise_ranking_regularizer, reduce_ties
@@ -205,31 +205,8 @@ def run_device(device, quick):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: CPU, and CUDA too when available")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke test)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice, the number of cores)")
-    args = parser.parse_args()
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available; use --device cpu")
-    if args.device == "auto":
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    else:
-        devices = [args.device]
-
-    verdicts = []
-    for name in devices:
-        verdicts += run_device(torch.device(name), args.quick)
-    note = " (quick run: sizes too small for the targets to mean anything)" if args.quick else ""
-    print(f"\nTargets (set for the 2-core CPU; shown for every device){note}:")
-    for text, ok in verdicts:
-        print(f"  {'PASS' if ok else 'FAIL'}  {text}")
+    run_benchmark(__doc__.splitlines()[0], run_device,
+                  threads_help="CPU threads for torch (default: torch's choice, the number of cores)")
 
 
 if __name__ == "__main__":
