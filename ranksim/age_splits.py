@@ -2,8 +2,8 @@
 
 The pipeline of both benchmarks is: raw images -> metadata rows ``(age, path)`` -> balanced
 val/test split -> ``<data_dir>/<name>.csv`` with columns ``age,path,split`` (paths relative to
-``data_dir``). This module holds every step that is not a command-line detail, so the scripts under
-``agedb-dir/data/`` and ``imdb-wiki-dir/data/`` stay thin:
+``data_dir``). This module holds every step the two benchmarks share, down to their data scripts'
+common flags, so the scripts under ``agedb-dir/data/`` and ``imdb-wiki-dir/data/`` stay thin:
 
 - :func:`balanced_split` / :func:`make_split_table`: the DIR balanced split (SPEC §6). For each integer
   age 0..120 in order, that age's rows are shuffled with Python's ``random`` seeded 666; the first
@@ -14,12 +14,17 @@ val/test split -> ``<data_dir>/<name>.csv`` with columns ``age,path,split`` (pat
   ``datenum`` birth dates, face-score filters).
 - :func:`write_split_csv`, :func:`read_split_csv`, :func:`validate_split_table`: CSV I/O that never
   overwrites without ``force`` and reports bad files as one-line :class:`UserError` messages.
+- :func:`download_split_csv`: a published split CSV, checked before it is installed.
+- :func:`split_creation_parser` / :func:`create_split_files` and :func:`split_download_parser` /
+  :func:`download_split`: the command lines and steps the two folders' ``create_*.py`` and
+  ``download_split.py`` scripts share; each script only names its files, defaults and help texts.
 """
+import argparse
 import os
 import random
 import re
 import tempfile
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -385,3 +390,60 @@ def download_split_csv(url: str, dest: "str | os.PathLike", sha256: "str | None"
                         f"check --url") from None
     os.replace(staging, dest)
     return table
+
+
+# ---------------------------------------------------------------------------------------------------
+# The data scripts' command lines (agedb-dir/data/, imdb-wiki-dir/data/)
+# ---------------------------------------------------------------------------------------------------
+
+def split_creation_parser(description: str, name: str, data_dir_help: str) -> argparse.ArgumentParser:
+    """Flags of ``create_agedb.py`` / ``create_imdb_wiki.py``: ``--data_dir`` and ``--force``.
+
+    ``name`` is the split file's stem: the script writes ``<name>.csv`` and ``<name>_meta.csv``.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data_dir", default="./data", help=data_dir_help)
+    parser.add_argument("--force", action="store_true", help=f"replace existing {name}.csv / {name}_meta.csv")
+    return parser
+
+
+def create_split_files(data_dir: str, name: str, force: bool,
+                       read_metadata: Callable[[str], Tuple[pd.DataFrame, str]], k: int, cap: int) -> None:
+    """Write ``<data_dir>/<name>_meta.csv`` (age,path) and the balanced split ``<data_dir>/<name>.csv``.
+
+    ``read_metadata(data_dir)`` returns the metadata rows and the folder / file they came from (named
+    in errors); it prints its own notes. Both outputs are checked for overwriting before anything is
+    read or written, and each is written atomically; one summary line is printed per file.
+    """
+    split_path = os.path.join(data_dir, f"{name}.csv")
+    meta_path = os.path.join(data_dir, f"{name}_meta.csv")
+    for path in (split_path, meta_path):  # check both before writing either
+        refuse_overwrite(path, force)
+
+    meta, source = read_metadata(data_dir)
+    table = make_split_table(meta, k=k, cap=cap, source=source)
+
+    write_csv_atomic(meta, meta_path, force=force)
+    print(f"metadata: {len(meta)} images, ages {meta['age'].min()}..{meta['age'].max()} -> {meta_path}")
+    write_split_csv(table, split_path, force=force)
+    print(f"split: {split_summary(table)} -> {split_path}")
+
+
+def split_download_parser(description: str, csv_name: str, default_url: str, default_sha256: "str | None",
+                          sha256_help: str) -> argparse.ArgumentParser:
+    """Flags of the two ``download_split.py`` scripts: ``--data_dir``, ``--url``, ``--sha256``, ``--force``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data_dir", default="./data", help=f"where {csv_name} goes (default ./data)")
+    parser.add_argument("--url", default=default_url, help=f"source of {csv_name} (default: the pinned commit)")
+    parser.add_argument("--sha256", default=default_sha256, help=sha256_help)
+    parser.add_argument("--force", action="store_true", help=f"replace an existing {csv_name}")
+    return parser
+
+
+def download_split(args: argparse.Namespace, csv_name: str) -> None:
+    """Download ``args.url`` to ``<args.data_dir>/<csv_name>`` (:func:`download_split_csv`) and print
+    one line saying what was verified and the split sizes."""
+    dest = os.path.join(args.data_dir, csv_name)
+    table = download_split_csv(args.url, dest, sha256=args.sha256, force=args.force)
+    checked = "sha256 verified" if args.sha256 else "layout verified (no published checksum)"
+    print(f"{dest}: {checked}, {split_summary(table)}")
