@@ -41,6 +41,7 @@ from ranksim.checkpoint import (
     copy_as_best,
     load_checkpoint,
     load_model_state,
+    load_optimizer_state,
     make_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -52,14 +53,11 @@ from ranksim.distributed import (
     GatheredRankSim,
     broadcast_object,
     check_sync_bn,
-    cleanup_distributed,
-    env_rank,
-    env_world_size,
     fds_gather,
     gather_predictions,
-    init_distributed,
     mean_over_ranks,
     per_rank_batch,
+    run_on_every_rank,
     sync_buffers,
     sync_state,
     wrap_model,
@@ -75,7 +73,8 @@ from ranksim.engine import (
     train_one_epoch,
     update_fds_statistics,
 )
-from ranksim.errors import UserError
+from ranksim.errors import OneLineArgumentParser, UserError
+from ranksim.flags import check_method_flags
 from ranksim.kernels import KERNELS
 from ranksim.losses import LOSSES, get_loss
 from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
@@ -109,7 +108,7 @@ def is_head_key(key: str) -> bool:
 def build_parser(defaults: Optional[Mapping] = None) -> argparse.ArgumentParser:
     """Every flag of SPEC §7 (plus --seed); ``defaults`` overrides the dataset-dependent ones."""
     d = {**AGEDB_DEFAULTS, **(defaults or {})}
-    p = argparse.ArgumentParser(
+    p = OneLineArgumentParser(
         description=f"Train / evaluate an age regressor on {d['dataset']} (RankSim, LDS, FDS, RRT, Focal-R).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("imbalanced-regression methods")
@@ -167,34 +166,17 @@ def build_parser(defaults: Optional[Mapping] = None) -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """UserError (one line: flag, value, fix) for flag combinations that cannot work."""
-    if args.lds and args.reweight == "none":
-        raise UserError("--lds: label distribution smoothing smooths the re-weighting counts, so it needs "
-                        "--reweight sqrt_inv or --reweight inverse")
-    for flag in ("lds_ks", "fds_ks"):
-        ks = getattr(args, flag)
-        if ks < 1 or ks % 2 == 0:
-            raise UserError(f"--{flag} {ks}: the kernel size must be a positive odd number (e.g. 5 or 9)")
-    for flag in ("lds_sigma", "fds_sigma"):
-        if not getattr(args, flag) > 0:
-            raise UserError(f"--{flag} {getattr(args, flag)}: the kernel width must be > 0")
+    check_method_flags(args)  # LDS / FDS / RankSim flags, shared with sts-b-dir/train.py
     if args.retrain_fc and not args.pretrained:
         raise UserError("--retrain_fc: RRT retrains the head of a trained model; pass --pretrained <ckpt.pth.tar> "
                         "of a first-stage run")
     if args.evaluate and not args.resume:
         raise UserError("--evaluate: pass the checkpoint to test with --resume <ckpt.pth.tar>")
     positive = {"lr": args.lr, "epoch": args.epoch, "batch_size": args.batch_size, "img_size": args.img_size,
-                "print_freq": args.print_freq, "bucket_num": args.bucket_num}
+                "print_freq": args.print_freq}
     for flag, value in positive.items():
         if not value > 0:
             raise UserError(f"--{flag} {value}: must be > 0")
-    if not 0 <= args.bucket_start < args.bucket_num:
-        raise UserError(f"--bucket_start {args.bucket_start}: must be in [0, --bucket_num {args.bucket_num})")
-    if not 0 <= args.fds_mmt < 1:
-        raise UserError(f"--fds_mmt {args.fds_mmt}: the momentum must be in [0, 1)")
-    if not (args.regularization_weight >= 0 and math.isfinite(args.regularization_weight)):
-        raise UserError(f"--regularization_weight {args.regularization_weight}: must be >= 0 (0 turns RankSim off)")
-    if args.regularization_weight > 0 and not args.interpolation_lambda > 0:
-        raise UserError(f"--interpolation_lambda {args.interpolation_lambda}: must be > 0 (the paper uses 2)")
     for path_flag in ("resume", "pretrained"):
         path = getattr(args, path_flag)
         if path and not os.path.isfile(path):
@@ -311,18 +293,8 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
     every rank, and only rank 0 prints it (the others exit with the same code, silently).
     """
     args = build_parser(defaults).parse_args(argv)
-    try:
-        check_args(args)
-        per_rank_batch(args.batch_size, env_world_size())  # before joining: every rank stops at once
-        ctx = init_distributed(args.gpu, select_device)
-        try:
-            return run(args, dataset_cls, ctx)
-        finally:
-            cleanup_distributed()
-    except UserError:
-        if env_rank() == 0:
-            raise
-        raise SystemExit(2) from None  # rank 0 prints the one-line error; the other ranks exit quietly
+    return run_on_every_rank(lambda ctx: run(args, dataset_cls, ctx), check=lambda: check_args(args),
+                             batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
 
 def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistContext) -> dict:
@@ -429,12 +401,7 @@ def resume_from_checkpoint(args, model, optimizer, ctx: Optional[DistContext] = 
     check_arch(resumed, args.resume, args.model)
     load_model_state(model, state_dict_of(resumed, args.resume), source=args.resume)
     if resumed.get("optimizer") is not None:
-        try:
-            optimizer.load_state_dict(resumed["optimizer"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise UserError(f"--resume {args.resume}: its optimizer state does not fit this run "
-                            f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
-                            f"--retrain_fc settings of the original run") from None
+        load_optimizer_state(optimizer, resumed, args.resume)
     start_epoch = int(resumed.get("epoch", 0))
     best_loss = float(resumed.get("best_loss", math.inf))
     if start_epoch >= args.epoch:

@@ -41,7 +41,7 @@ tests/test_distributed.py checks the resulting parameters against a single-proce
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from .errors import UserError
 from .regularizer import batchwise_ranking_regularizer
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,31 @@ def per_rank_batch(batch_size: int, world_size: int) -> int:
                         f"processes N = {world_size}; pass a multiple of {world_size} (each process gets "
                         f"batch_size / N samples)")
     return batch_size // world_size
+
+
+def run_on_every_rank(run: Callable[[DistContext], T], check: Callable[[], None], batch_size: int,
+                      gpu: Optional[int], select_device: Callable[[Optional[int]], torch.device]) -> T:
+    """The frame of every train.py's main(): check the flags, join the torchrun process group (if
+    any), return ``run(ctx)``, and leave the group again whatever happens.
+
+    ``check()`` validates the parsed flags (raising UserError); ``batch_size`` is the global
+    --batch_size, checked against the process count BEFORE joining, so every rank stops at once on
+    a bad value instead of some waiting forever in the group. A UserError stops every rank; only
+    rank 0 re-raises it (so ``run_cli`` prints the one line once), the other ranks exit with the
+    same code 2 quietly.
+    """
+    try:
+        check()
+        per_rank_batch(batch_size, env_world_size())  # before joining: every rank stops at once
+        ctx = init_distributed(gpu, select_device)
+        try:
+            return run(ctx)
+        finally:
+            cleanup_distributed()
+    except UserError:
+        if env_rank() == 0:
+            raise
+        raise SystemExit(2) from None  # rank 0 prints the one-line error; the other ranks exit quietly
 
 
 def broadcast_object(obj, ctx: DistContext, src: int = 0):

@@ -48,6 +48,7 @@ from ranksim.checkpoint import (
     copy_as_best,
     load_checkpoint,
     load_model_state,
+    load_optimizer_state,
     make_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -58,14 +59,10 @@ from ranksim.distributed import (
     DistContext,
     GatheredRankSim,
     broadcast_object,
-    cleanup_distributed,
-    env_rank,
-    env_world_size,
     fds_gather,
     gather_predictions,
-    init_distributed,
     mean_over_ranks,
-    per_rank_batch,
+    run_on_every_rank,
     split_sizes,
     sync_state,
     wrap_model,
@@ -81,7 +78,8 @@ from ranksim.engine import (
     update_fds_statistics,
 )
 from ranksim.engine import ranksim_regularizer as make_ranksim_regularizer
-from ranksim.errors import UserError, run_cli
+from ranksim.errors import OneLineArgumentParser, UserError, run_cli
+from ranksim.flags import check_method_flags
 from ranksim.losses import LOSSES, get_loss
 from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
 from ranksim.runs import (
@@ -104,7 +102,7 @@ SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     # data and embeddings
@@ -175,10 +173,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--patience {args.patience}: must be 0 or more")
     if not 0 <= args.dropout < 1:
         raise UserError(f"--dropout {args.dropout}: must be in [0, 1)")
-    if args.lds and args.reweight == "none":
-        raise UserError("--lds smooths the re-weighting: pass --reweight inverse or sqrt_inv with it")
-    if args.regularization_weight < 0:
-        raise UserError(f"--regularization_weight {args.regularization_weight}: must be >= 0 (0 turns RankSim off)")
+    check_method_flags(args)  # LDS / FDS / RankSim flags, shared with the image benchmarks
+    if args.loss == "huber" and not args.huber_beta > 0:
+        raise UserError(f"--huber_beta {args.huber_beta}: the Huber threshold must be > 0 (default 0.3)")
     if args.retrain_fc and not (args.pretrained or args.resume):
         raise UserError("--retrain_fc needs --pretrained <checkpoint> (the encoder to keep)")
     if args.pretrained and not args.retrain_fc:
@@ -470,6 +467,21 @@ def initial_embeddings(args, vocab, logger) -> torch.Tensor:
     return matrix
 
 
+def check_checkpoint_fits(args, vocab, checkpoint: dict, source: str) -> None:
+    """UserError listing the keys when ``checkpoint`` does not fit the model the flags describe (e.g.
+    another --d_hid), raised before a run directory is made. It compares names and shapes against a
+    skeleton of the model on the meta device (no memory, no random draws), with the rules run() loads by:
+    --resume everything; --evaluate all but the FDS buffers; --retrain_fc all but the head."""
+    use_fds = args.fds and not args.evaluate
+    with torch.device("meta"):
+        skeleton = build_model(args, vocab, None, use_fds)
+    head_key = HEAD_NAME + "."
+    retrain = args.retrain_fc and not args.resume
+    load_model_state(skeleton, state_dict_of(checkpoint, source), ignore_fds=not use_fds and not args.resume,
+                     skip=(lambda key: key.startswith(head_key)) if retrain else None, source=source,
+                     check_only=True)
+
+
 def resume_run_dir(args) -> Path:
     """Continue in the checkpoint's run directory while that run is unfinished (no results.json) and no
     other --store_name was asked for. A finished run is never written to again: its continuation gets
@@ -487,18 +499,8 @@ def main(argv=None) -> Dict:
     """Parse the flags, join the torchrun process group if there is one, run. A user error stops every
     rank; only rank 0 prints it (the others exit with the same code, quietly)."""
     args = build_parser().parse_args(argv)
-    try:
-        check_args(args)
-        per_rank_batch(args.batch_size, env_world_size())  # before joining: every rank stops at once
-        ctx = init_distributed(args.gpu, select_device)
-        try:
-            return prepare_and_run(args, argv, ctx)
-        finally:
-            cleanup_distributed()
-    except UserError:
-        if env_rank() == 0:
-            raise
-        raise SystemExit(2) from None
+    return run_on_every_rank(lambda ctx: prepare_and_run(args, argv, ctx), check=lambda: check_args(args),
+                             batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
 
 def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
@@ -524,6 +526,8 @@ def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
     if args.resume and ("iteration" not in checkpoint or checkpoint.get("optimizer") is None):
         raise UserError(f"--resume {args.resume}: not a training checkpoint of this program (no progress or "
                         "optimizer state); pass <run>/ckpt.pth.tar")
+    if checkpoint is not None:
+        check_checkpoint_fits(args, vocab, checkpoint, source)
     if checkpoint is None and args.glove:
         check_glove_file(args.word_embs_file, args.d_word)
 
@@ -574,12 +578,7 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
     progress = Progress()
     if args.resume:
         load_model_state(model, state_dict_of(checkpoint, args.resume), source=args.resume)
-        try:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise UserError(f"--resume {args.resume}: its optimizer state does not fit this run "
-                            f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
-                            "--retrain_fc settings of the original run") from None
+        load_optimizer_state(optimizer, checkpoint, args.resume)
         progress = Progress.from_checkpoint(checkpoint)
         if not (run_dir / BEST_NAME).is_file():
             progress.best_val_mse = math.inf  # no best checkpoint to compare against: the next check is best
