@@ -258,6 +258,7 @@ def load_model_state(
     skip: Optional[Callable[[str], bool]] = None,
     allow_missing_fds: bool = False,
     source: str = "checkpoint",
+    check_only: bool = False,
 ) -> LoadReport:
     """Load ``state_dict`` into ``model`` strictly, with or without 'module.' on either side.
 
@@ -270,6 +271,8 @@ def load_model_state(
     skip: predicate on key names to exclude from both sides: those model keys keep their current
         values and those checkpoint keys are dropped (RRT: ``lambda k: 'linear' in k or 'fc' in k``).
     source: name of the checkpoint file for error messages.
+    check_only: do every check and return the report, but load nothing (e.g. to vet a checkpoint
+        against a model skeleton on the meta device before any file is written).
     A model BatchNorm's ``num_batches_tracked`` absent from the checkpoint (files written by very old
     PyTorch) keeps its value; it does not affect the outputs with the default BN momentum.
     Any other missing key, unexpected key or shape mismatch raises UserError listing them and
@@ -321,6 +324,9 @@ def load_model_state(
         elif any(is_fds(k) for k in missing):
             hint += " (the model has FDS but the checkpoint does not: was it trained without --fds?)"
         raise UserError(f"{source} does not match the model: {'; '.join(problems)}; {hint}")
+    if check_only:
+        report.loaded = list(to_load)
+        return report
 
     result = target.load_state_dict(to_load, strict=False)
     # Everything was checked above; this guards against a module that renames keys while loading.
@@ -332,6 +338,20 @@ def load_model_state(
         )
     report.loaded = list(to_load)
     return report
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, checkpoint: Mapping[str, Any], resume_path: str) -> None:
+    """--resume: put ``checkpoint['optimizer']`` into ``optimizer``.
+
+    A missing entry or a state that does not fit (another --optimizer, or other trainable parameters
+    under --retrain_fc) is a one-line UserError naming ``resume_path`` and the flags to match.
+    """
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise UserError(f"--resume {resume_path}: its optimizer state does not fit this run "
+                        f"({' '.join(str(exc).split())[:120]}); resume with the --optimizer and "
+                        "--retrain_fc settings of the original run") from None
 
 
 # ----------------------------------------------------------------------------- RNG state for resume

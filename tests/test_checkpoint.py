@@ -1,6 +1,7 @@
 """Checkpoint I/O: atomic writes, weights_only loads, strict state_dict loading (SPEC §7 layout)."""
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ranksim.checkpoint import (
     copy_as_best,
     load_checkpoint,
     load_model_state,
+    load_optimizer_state,
     make_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -344,6 +346,34 @@ def test_old_checkpoint_without_num_batches_tracked():
     report = load_model_state(target, sd)
     assert report.kept_init == ["bn1.num_batches_tracked"]
     assert torch.equal(target.bn1.running_mean, source.bn1.running_mean)
+
+
+# ----------------------------------------------------------------------------- optimizer state
+
+
+def test_optimizer_state_round_trip_and_mismatch_errors(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    trained = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    trained.step()
+    path = tmp_path / "ckpt.pth.tar"
+    save_checkpoint({"optimizer": trained.state_dict()}, path)
+
+    restored = torch.optim.Adam(model.parameters(), lr=0.5)
+    load_optimizer_state(restored, load_checkpoint(path), str(path))
+    assert restored.param_groups[0]["lr"] == 0.1  # the saved hyperparameters win, as for a resumed run
+    for p in model.parameters():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(restored.state[p][key], trained.state[p][key])
+
+    only_head = torch.optim.Adam([model.bias], lr=0.1)  # e.g. --retrain_fc against a full run
+    with pytest.raises(UserError, match=rf"^--resume {re.escape(str(path))}: its optimizer state does not fit "
+                                        r"this run \(.*\); resume with the --optimizer and --retrain_fc") as err:
+        load_optimizer_state(only_head, load_checkpoint(path), str(path))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"^--resume old\.pth: its optimizer state does not fit"):
+        load_optimizer_state(only_head, {"state_dict": {}}, "old.pth")  # no optimizer entry at all
 
 
 # ----------------------------------------------------------------------------- RNG state
