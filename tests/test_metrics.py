@@ -1,11 +1,11 @@
 """Shot groups and test metrics against NumPy / SciPy computed here and the published split sizes."""
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from published_labels import agedb_labels, stsb_labels
 from scipy import stats
 
 from ranksim.metrics import (
@@ -16,18 +16,6 @@ from ranksim.metrics import (
     stsb_shot_groups,
 )
 from ranksim.weighting import stsb_bin_of
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def agedb_labels(split):
-    counts = json.loads((FIXTURES / "agedb_labels.json").read_text())["counts"][split]
-    return np.repeat(np.arange(len(counts)), counts).astype(np.float32)
-
-
-def stsb_labels(split):
-    counts = json.loads((FIXTURES / "stsb_labels.json").read_text())["counts"][split]
-    return np.repeat(np.array([float(s) for s in counts]), list(counts.values())).astype(np.float32)
 
 
 def sizes(groups):

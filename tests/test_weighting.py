@@ -3,13 +3,12 @@
 References: plain-loop implementations of SPEC §2 written here, hand-computed cases, SciPy, and the
 published AgeDB-DIR / STS-B-DIR train labels (counts in tests/fixtures, see make_fixtures.py).
 """
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from published_labels import agedb_labels, stsb_labels
 from scipy.ndimage import convolve1d, gaussian_filter1d
 from scipy.signal.windows import triang
 
@@ -23,19 +22,6 @@ from ranksim.weighting import (
     stsb_bin_edges,
     stsb_bin_of,
 )
-
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def agedb_labels(split):
-    counts = json.loads((FIXTURES / "agedb_labels.json").read_text())["counts"][split]
-    return np.repeat(np.arange(len(counts)), counts).astype(np.float32)
-
-
-def stsb_labels(split):
-    counts = json.loads((FIXTURES / "stsb_labels.json").read_text())["counts"][split]
-    return np.repeat(np.array([float(s) for s in counts]), list(counts.values())).astype(np.float32)
-
 
 # ---------------------------------------------------------------- kernel windows (ranksim.kernels)
 
