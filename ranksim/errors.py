@@ -5,9 +5,11 @@ for problems the user caused (missing file, bad flag, corrupt checkpoint). Comma
 wrap their ``main`` with :func:`run_cli`, which prints such an error as ``error: <message>`` on stderr
 and exits with status 2. Every other exception is a bug and keeps its full traceback.
 """
+import argparse
+import difflib
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 USER_ERROR_EXIT = 2  # same status argparse uses for bad command lines
 INTERRUPT_EXIT = 130  # 128 + SIGINT, the shell convention for Ctrl-C
@@ -39,6 +41,27 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
         sys.stdout.flush()
         print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         sys.exit(INTERRUPT_EXIT)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose command-line errors are one line, like every other user error.
+
+    Plain argparse prints its whole usage block (a dozen lines for train.py) before the error. This
+    prints ``error: <argparse's message>; <prog> -h lists every flag`` on stderr and exits with status 2;
+    for an unknown flag it names the closest known one (``did you mean --regularization_weight?``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]
+        suggestions = []
+        if message.startswith("unrecognized arguments:"):
+            for token in message.split(":", 1)[1].split():
+                flag = token.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("--") else []
+                if close:
+                    suggestions.append(f"{flag}: did you mean {close[0]}?")
+        hint = f"`{self.prog} -h` lists every flag"
+        self.exit(USER_ERROR_EXIT, f"error: {one_line(' '.join([message + ';'] + suggestions + [hint]))}\n")
 
 
 def check_file(path: "str | os.PathLike", what: str, how_to_get: str) -> None:

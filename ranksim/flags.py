@@ -1,0 +1,40 @@
+"""Checks of the imbalanced-regression flags that every train.py shares (LDS, FDS, RankSim).
+
+Both training programs (``ranksim/age_train.py`` and ``sts-b-dir/train.py``) have the same LDS/FDS/
+RankSim flags, with dataset-dependent defaults. :func:`check_method_flags` turns values that cannot
+work into one-line :class:`~ranksim.errors.UserError`\\ s before anything is read or written; without
+it they surfaced as a ValueError traceback from deep inside the library, after a run directory had
+been made.
+"""
+import argparse
+import math
+
+from .errors import UserError
+
+
+def check_method_flags(args: argparse.Namespace) -> None:
+    """UserError naming the flag and value when an LDS/FDS/RankSim flag cannot work.
+
+    args: parsed flags with lds, reweight, lds_ks, lds_sigma, fds_ks, fds_sigma, bucket_start,
+    bucket_num, fds_mmt, regularization_weight, interpolation_lambda (the names of SPEC §7 and §8).
+    """
+    if args.lds and args.reweight == "none":
+        raise UserError("--lds: label distribution smoothing smooths the re-weighting counts, so it needs "
+                        "--reweight sqrt_inv or --reweight inverse")
+    for flag in ("lds_ks", "fds_ks"):
+        ks = getattr(args, flag)
+        if ks < 1 or ks % 2 == 0:
+            raise UserError(f"--{flag} {ks}: the kernel size must be a positive odd number (e.g. 5 or 9)")
+    for flag in ("lds_sigma", "fds_sigma"):
+        if not getattr(args, flag) > 0:
+            raise UserError(f"--{flag} {getattr(args, flag)}: the kernel width must be > 0")
+    if not args.bucket_num > 0:
+        raise UserError(f"--bucket_num {args.bucket_num}: must be > 0")
+    if not 0 <= args.bucket_start < args.bucket_num:
+        raise UserError(f"--bucket_start {args.bucket_start}: must be in [0, --bucket_num {args.bucket_num})")
+    if not 0 <= args.fds_mmt < 1:
+        raise UserError(f"--fds_mmt {args.fds_mmt}: the momentum must be in [0, 1)")
+    if not (args.regularization_weight >= 0 and math.isfinite(args.regularization_weight)):
+        raise UserError(f"--regularization_weight {args.regularization_weight}: must be >= 0 (0 turns RankSim off)")
+    if args.regularization_weight > 0 and not args.interpolation_lambda > 0:
+        raise UserError(f"--interpolation_lambda {args.interpolation_lambda}: must be > 0 (the paper uses 2)")

@@ -1,0 +1,116 @@
+"""Mistakes a user makes on the command line, found by using the programs as a researcher would.
+
+Each case must end with ONE line ``error: ...`` that names the flag/file/value and how to fix it,
+exit status 2, no traceback, and no run directory left behind. Everything here fails before any
+training step, so the tests take seconds (tiny synthetic STS-B data, d_hid 16).
+"""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from folder_modules import load_folder_module
+
+from ranksim.age_train import AGEDB_DEFAULTS, build_parser
+from ranksim.errors import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+STSB_DIR = ROOT / "sts-b-dir"
+D_WORD = 8
+
+stsb_train = load_folder_module("stsb_train_journeys", STSB_DIR / "train.py")
+synthetic = load_folder_module("stsb_synthetic_journeys", STSB_DIR / "data" / "make_synthetic_sts_b.py")
+
+
+@pytest.fixture(scope="module")
+def stsb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stsb_journeys")
+    data_dir = synthetic.write_synthetic_splits(root / "STS-B", seed=0)
+    glove = synthetic.write_synthetic_glove(root / "glove.txt", D_WORD, seed=0)
+    return {"data_dir": data_dir, "glove": glove}
+
+
+def stsb_args(stsb, runs, *extra):
+    return ["--data_dir", str(stsb["data_dir"]), "--word_embs_file", str(stsb["glove"]), "--d_word", str(D_WORD),
+            "--d_hid", "16", "--val_interval", "5", "--max_vals", "1", "--no_progress",
+            "--store_root", str(runs)] + list(extra)
+
+
+def one_line_user_error(main_fn, argv, capsys) -> str:
+    """Run ``main_fn(argv)`` as the script's __main__ does; return the single stderr line it printed."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main_fn, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("extra, names", [
+    (["--reweight", "inverse", "--lds", "--lds_ks", "4"], "--lds_ks 4"),
+    (["--reweight", "inverse", "--lds", "--lds_sigma", "0"], "--lds_sigma 0"),
+    (["--fds", "--fds_ks", "4"], "--fds_ks 4"),
+    (["--fds", "--fds_sigma", "0"], "--fds_sigma 0"),
+    (["--fds", "--bucket_start", "60"], "--bucket_start 60"),
+    (["--fds", "--fds_mmt", "1.5"], "--fds_mmt 1.5"),
+    (["--regularization_weight", "1", "--interpolation_lambda", "0"], "--interpolation_lambda 0"),
+    (["--loss", "huber", "--huber_beta", "0"], "--huber_beta 0"),
+])
+def test_stsb_impossible_method_flags_give_one_line(stsb, tmp_path, capsys, extra, names):
+    """These used to end in a ValueError traceback, after a run directory had been made."""
+    runs = tmp_path / "runs"
+    err = one_line_user_error(stsb_train.main, stsb_args(stsb, runs, *extra), capsys)
+    assert names in err
+    assert not runs.exists()
+
+
+def test_stsb_checkpoint_of_another_size_is_refused_before_a_run_directory(stsb, tmp_path, capsys):
+    """--evaluate of a d_hid 16 model with --d_hid 32: the key list, and no half-made run directory."""
+    args = stsb_train.build_parser().parse_args(stsb_args(stsb, tmp_path / "unused"))
+    vocab = stsb_train.build_vocab(stsb_train.load_splits(args.data_dir, args.max_seq_len), args.max_word_v_size)
+    checkpoint = tmp_path / "model_state_best.th"
+    torch.save(stsb_train.build_model(args, vocab, None, fds=False).state_dict(), checkpoint)
+
+    runs = tmp_path / "runs"
+    argv = stsb_args(stsb, runs, "--d_hid", "32", "--evaluate", "--eval_model", str(checkpoint))
+    err = one_line_user_error(stsb_train.main, argv, capsys)
+    assert str(checkpoint) in err and "shape mismatches" in err
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize("make_parser, typo, suggestion", [
+    (lambda: build_parser(AGEDB_DEFAULTS), "--regularisation_weight", "--regularization_weight"),
+    (lambda: stsb_train.build_parser(), "--interpolation_lamda", "--interpolation_lambda"),
+])
+def test_flag_typo_is_one_line_with_a_suggestion(capsys, make_parser, typo, suggestion):
+    """argparse printed a multi-line usage block; a typo now gets one line naming the closest flag."""
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args([typo, "2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert typo in err and f"did you mean {suggestion}" in err and "-h" in err
+
+
+def test_bad_flag_value_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser(AGEDB_DEFAULTS).parse_args(["--loss", "l2"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: argument --loss: invalid choice: 'l2'") and "\n" not in err, err
+
+
+def test_data_the_readmes_create_is_git_ignored(tmp_path):
+    """Datasets and the README's synthetic folders must never show up in `git status` (or be committed)."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    created = ["agedb-dir/data/AgeDB/11684_MireilleDarc_59_f.jpg", "agedb-dir/synthetic/images/train_000000_52.jpg",
+               "agedb-dir/synthetic/agedb.csv", "imdb-wiki-dir/data/imdb_crop.tar",
+               "imdb-wiki-dir/data/imdb_crop.tar.part", "imdb-wiki-dir/data/imdb_crop/00/nm0000100_rm1.jpg",
+               "imdb-wiki-dir/data/wiki_crop/wiki.mat", "sts-b-dir/synthetic/STS-B/train_new.tsv",
+               "sts-b-dir/glove/glove.840B.300d.zip.part"]
+    kept = ["agedb-dir/data/README.md", "ranksim/synthetic.py", "sts-b-dir/data/make_synthetic_sts_b.py"]
+    result = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "--no-index", *created, *kept],
+                            capture_output=True, text=True)
+    assert sorted(result.stdout.split()) == sorted(created)
