@@ -103,7 +103,7 @@ SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     a = p.add_argument
     # data and embeddings
     a("--data_dir", default="./glue_data/STS-B", help="folder with train_new.tsv, dev_new.tsv, test_new.tsv")

@@ -114,3 +114,13 @@ def test_data_the_readmes_create_is_git_ignored(tmp_path):
     result = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "--no-index", *created, *kept],
                             capture_output=True, text=True)
     assert sorted(result.stdout.split()) == sorted(created)
+
+
+def test_stsb_refuses_abbreviated_flags(capsys):
+    """`--regularization 3e-4` used to set --regularization_weight silently; the age programs refuse it too."""
+    with pytest.raises(SystemExit) as exit_info:
+        stsb_train.build_parser().parse_args(["--regularization", "3e-4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "--regularization" in err and "did you mean --regularization_weight" in err
