@@ -74,7 +74,7 @@ from ranksim.engine import (
     update_fds_statistics,
 )
 from ranksim.errors import OneLineArgumentParser, UserError
-from ranksim.flags import check_method_flags
+from ranksim.flags import check_method_flags, check_positive
 from ranksim.kernels import KERNELS
 from ranksim.losses import LOSSES, get_loss
 from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
@@ -172,11 +172,7 @@ def check_args(args: argparse.Namespace) -> None:
                         "of a first-stage run")
     if args.evaluate and not args.resume:
         raise UserError("--evaluate: pass the checkpoint to test with --resume <ckpt.pth.tar>")
-    positive = {"lr": args.lr, "epoch": args.epoch, "batch_size": args.batch_size, "img_size": args.img_size,
-                "print_freq": args.print_freq}
-    for flag, value in positive.items():
-        if not value > 0:
-            raise UserError(f"--{flag} {value}: must be > 0")
+    check_positive(args, ("lr", "epoch", "batch_size", "img_size", "print_freq"))
     for path_flag in ("resume", "pretrained"):
         path = getattr(args, path_flag)
         if path and not os.path.isfile(path):

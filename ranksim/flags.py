@@ -12,6 +12,15 @@ import math
 from .errors import UserError
 
 
+def check_positive(args: argparse.Namespace, flags) -> None:
+    """UserError "--<flag> <value>: must be > 0" for the first of ``flags`` (names of args attributes,
+    e.g. ("lr", "batch_size")) whose value is not > 0 (NaN included); both train programs use it."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if not value > 0:
+            raise UserError(f"--{flag} {value}: must be > 0")
+
+
 def check_method_flags(args: argparse.Namespace) -> None:
     """UserError naming the flag and value when an LDS/FDS/RankSim flag cannot work.
 

@@ -79,7 +79,7 @@ from ranksim.engine import (
 )
 from ranksim.engine import ranksim_regularizer as make_ranksim_regularizer
 from ranksim.errors import OneLineArgumentParser, UserError, run_cli
-from ranksim.flags import check_method_flags
+from ranksim.flags import check_method_flags, check_positive
 from ranksim.losses import LOSSES, get_loss
 from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
 from ranksim.runs import (
@@ -164,11 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations that cannot work -> UserError naming the flag."""
-    positive = ("max_seq_len", "max_word_v_size", "d_word", "d_hid", "n_layers_enc", "batch_size",
-                "val_interval", "max_vals")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} {getattr(args, name)}: must be at least 1")
+    check_positive(args, ("lr", "max_seq_len", "max_word_v_size", "d_word", "d_hid", "n_layers_enc", "batch_size",
+                          "val_interval", "max_vals"))
     if args.patience < 0:
         raise UserError(f"--patience {args.patience}: must be 0 or more")
     if not 0 <= args.dropout < 1:

@@ -124,3 +124,12 @@ def test_stsb_refuses_abbreviated_flags(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
     assert "--regularization" in err and "did you mean --regularization_weight" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "0"), ("--lr", "-0.001"), ("--lr", "nan"), ("--batch_size", "0")])
+def test_stsb_non_positive_optimisation_flags_are_refused(stsb, tmp_path, capsys, flag, value):
+    """`--lr 0` used to train a model that never changes; the age program refused it already."""
+    runs = tmp_path / "runs"
+    err = one_line_user_error(stsb_train.main, stsb_args(stsb, runs, flag, value), capsys)
+    assert f"{flag} {float(value) if flag == '--lr' else value}" in err and "must be > 0" in err
+    assert not runs.exists()
