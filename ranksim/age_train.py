@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ranksim.age_data import SPLITS, AgeCSVDataset
 from ranksim.checkpoint import (
     capture_rng_state,
+    check_checkpoint_flag,
     copy_as_best,
     load_checkpoint,
     load_model_state,
@@ -173,10 +174,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.evaluate and not args.resume:
         raise UserError("--evaluate: pass the checkpoint to test with --resume <ckpt.pth.tar>")
     check_positive(args, ("lr", "epoch", "batch_size", "img_size", "print_freq"))
-    for path_flag in ("resume", "pretrained"):
-        path = getattr(args, path_flag)
-        if path and not os.path.isfile(path):
-            raise UserError(f"--{path_flag} {path}: checkpoint file not found; pass the path of a ckpt.pth.tar")
+    if args.resume:
+        check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
+    if args.pretrained:
+        check_checkpoint_flag("--pretrained", args.pretrained, BEST_NAME)
 
 
 def run_name(args: argparse.Namespace) -> str:

@@ -176,6 +176,17 @@ def _numpy_scalar_globals() -> list:
     ]
 
 
+def check_checkpoint_flag(flag: str, path: PathLike, file_name: str = "ckpt.pth.tar") -> None:
+    """UserError naming ``flag`` (e.g. '--resume') unless ``path`` is an existing file. A run directory
+    in its place (a common slip) gets "is a directory; pass <path>/<file_name>" instead of "not found"."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a directory, not a checkpoint file; pass the checkpoint inside it, "
+                        f"e.g. {flag} {os.path.join(path, file_name)}")
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path}: checkpoint file not found; pass the path of a {file_name}")
+
+
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
     """Load a checkpoint file safely (torch.load weights_only=True) and return it (dict).
 

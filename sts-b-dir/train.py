@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from ranksim.checkpoint import (
     capture_rng_state,
+    check_checkpoint_flag,
     copy_as_best,
     load_checkpoint,
     load_model_state,
@@ -182,6 +183,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.resume and (args.evaluate or args.pretrained):
         raise UserError("--resume continues a training run (it holds the whole model); "
                         "it cannot be combined with --evaluate or --pretrained")
+    for flag, path, file_name in (("--resume", args.resume, CKPT_NAME), ("--eval_model", args.eval_model, BEST_NAME),
+                                  ("--pretrained", args.pretrained, BEST_NAME)):
+        if path:
+            check_checkpoint_flag(flag, path, file_name)
     if args.store_name and ("/" in args.store_name or args.store_name in (".", "..")):
         raise UserError(f"--store_name {args.store_name!r}: must be a plain directory name")
 

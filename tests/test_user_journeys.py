@@ -13,6 +13,7 @@ import torch
 from folder_modules import load_folder_module
 
 from ranksim.age_train import AGEDB_DEFAULTS, build_parser
+from ranksim.age_train import main as age_main
 from ranksim.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,3 +134,27 @@ def test_stsb_non_positive_optimisation_flags_are_refused(stsb, tmp_path, capsys
     err = one_line_user_error(stsb_train.main, stsb_args(stsb, runs, flag, value), capsys)
     assert f"{flag} {float(value) if flag == '--lr' else value}" in err and "must be > 0" in err
     assert not runs.exists()
+
+
+def agedb_checkpoint_args(tmp_path, flag, path):
+    args = ["--data_dir", str(tmp_path), "--store_root", str(tmp_path / "runs"), flag, str(path)]
+    return args + (["--retrain_fc"] if flag == "--pretrained" else [])
+
+
+@pytest.mark.parametrize("program, flag, suggested", [
+    ("age", "--resume", "ckpt.pth.tar"), ("age", "--pretrained", "ckpt.best.pth.tar"),
+    ("sts-b", "--resume", "ckpt.pth.tar"), ("sts-b", "--eval_model", "ckpt.best.pth.tar"),
+    ("sts-b", "--pretrained", "ckpt.best.pth.tar"),
+])
+def test_checkpoint_flag_given_a_run_directory_suggests_the_file(stsb, tmp_path, capsys, program, flag, suggested):
+    """`--resume checkpoint/<run>` used to say "checkpoint file not found" although the path exists."""
+    run_dir = tmp_path / "some_run"
+    run_dir.mkdir()
+    if program == "age":
+        err = one_line_user_error(age_main, agedb_checkpoint_args(tmp_path, flag, run_dir), capsys)
+    else:
+        extra = {"--eval_model": ["--evaluate"], "--pretrained": ["--retrain_fc"]}.get(flag, [])
+        err = one_line_user_error(stsb_train.main, stsb_args(stsb, tmp_path / "runs", flag, str(run_dir), *extra),
+                                  capsys)
+    assert f"{flag} {run_dir}: is a directory" in err and f"{run_dir / suggested}" in err, err
+    assert not (tmp_path / "runs").exists()
