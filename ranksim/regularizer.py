@@ -36,6 +36,10 @@ from .ranking import TrueRanker, _masked_rank_normalised, masked_true_rank, rank
 
 def _flatten_inputs(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Validate shapes; return features as [B, D] and targets as [B] (float, features' device)."""
+    for name, value in (("features", features), ("targets", targets)):
+        if not isinstance(value, torch.Tensor):
+            kind = f"{type(value).__module__}.{type(value).__name__}".replace("builtins.", "")
+            raise TypeError(f"{name}: expected a torch.Tensor, got {kind}; convert it with torch.as_tensor")
     if features.dim() == 0 or features.shape[0] == 0:
         raise ValueError(f"features: expected a non-empty batch [B, ...], got shape {tuple(features.shape)}")
     batch = features.shape[0]
@@ -109,6 +113,10 @@ def batchwise_ranking_regularizer(
     On accelerators nothing waits for the device (see the module docstring); on CPU, where there is
     no device to wait for, the dropped samples are removed instead of masked, which saves the
     B x B work on them (the same numbers either way; tests check both paths).
+    TypeError when features or targets is not a torch.Tensor (e.g. a NumPy array).
+    NaN features are not checked for: their similarities get arbitrary ranks, the returned loss stays
+    finite, but the gradient is NaN, so the model's weights become NaN after the step (a NaN
+    feature usually makes the prediction and so the main loss NaN too, which the train programs stop on).
     """
     if not interp_strength_lambda > 0:
         raise ValueError(

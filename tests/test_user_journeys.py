@@ -158,3 +158,26 @@ def test_checkpoint_flag_given_a_run_directory_suggests_the_file(stsb, tmp_path,
                                   capsys)
     assert f"{flag} {run_dir}: is a directory" in err and f"{run_dir / suggested}" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("bad", ["features", "targets"])
+def test_regularizer_names_a_numpy_argument(bad):
+    """NumPy targets used to end in "AttributeError: 'numpy.ndarray' object has no attribute 'dim'"."""
+    from ranksim import batchwise_ranking_regularizer
+
+    features, targets = torch.randn(4, 3), torch.arange(4.0)
+    kwargs = {"features": features, "targets": targets, bad: {"features": features, "targets": targets}[bad].numpy()}
+    with pytest.raises(TypeError, match=f"{bad}: expected a torch.Tensor, got numpy.ndarray"):
+        batchwise_ranking_regularizer(interp_strength_lambda=2.0, **kwargs)
+
+
+def test_regularizer_with_nan_features_is_finite_but_its_gradient_is_nan():
+    """What the docstring promises: a NaN feature does not show in the loss value, only in the gradient."""
+    from ranksim import batchwise_ranking_regularizer
+
+    features = torch.randn(6, 3)
+    features[2, 1] = float("nan")
+    features.requires_grad_(True)
+    loss = batchwise_ranking_regularizer(features, torch.arange(6.0), 2.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isnan(features.grad).any()
