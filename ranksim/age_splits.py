@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ranksim.errors import UserError
+from ranksim.errors import OneLineArgumentParser, UserError
 
 SPLIT_SEED = 666  # the seed the published splits were drawn with
 MIN_AGE, MAX_AGE = 0, 120  # ages visited by the balanced split; others always go to train
@@ -401,7 +401,7 @@ def split_creation_parser(description: str, name: str, data_dir_help: str) -> ar
 
     ``name`` is the split file's stem: the script writes ``<name>.csv`` and ``<name>_meta.csv``.
     """
-    parser = argparse.ArgumentParser(description=description)
+    parser = OneLineArgumentParser(description=description)
     parser.add_argument("--data_dir", default="./data", help=data_dir_help)
     parser.add_argument("--force", action="store_true", help=f"replace existing {name}.csv / {name}_meta.csv")
     return parser
@@ -432,7 +432,7 @@ def create_split_files(data_dir: str, name: str, force: bool,
 def split_download_parser(description: str, csv_name: str, default_url: str, default_sha256: "str | None",
                           sha256_help: str) -> argparse.ArgumentParser:
     """Flags of the two ``download_split.py`` scripts: ``--data_dir``, ``--url``, ``--sha256``, ``--force``."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = OneLineArgumentParser(description=description)
     parser.add_argument("--data_dir", default="./data", help=f"where {csv_name} goes (default ./data)")
     parser.add_argument("--url", default=default_url, help=f"source of {csv_name} (default: the pinned commit)")
     parser.add_argument("--sha256", default=default_sha256, help=sha256_help)

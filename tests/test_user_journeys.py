@@ -4,6 +4,7 @@ Each case must end with ONE line ``error: ...`` that names the flag/file/value a
 exit status 2, no traceback, and no run directory left behind. Everything here fails before any
 training step, so the tests take seconds (tiny synthetic STS-B data, d_hid 16).
 """
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -181,3 +182,32 @@ def test_regularizer_with_nan_features_is_finite_but_its_gradient_is_nan():
     loss = batchwise_ranking_regularizer(features, torch.arange(6.0), 2.0)
     loss.backward()
     assert torch.isfinite(loss) and torch.isnan(features.grad).any()
+
+
+DATA_SCRIPTS = ["agedb-dir/data/create_agedb.py", "agedb-dir/data/download_split.py",
+                "imdb-wiki-dir/data/create_imdb_wiki.py", "imdb-wiki-dir/data/download_imdb_wiki.py",
+                "imdb-wiki-dir/data/download_split.py", "sts-b-dir/data/create_sts_b_dir.py",
+                "sts-b-dir/data/download_sts_b_dir.py", "sts-b-dir/data/make_synthetic_sts_b.py",
+                "sts-b-dir/data/summarize_split.py", "sts-b-dir/glove/download_glove.py"]
+
+
+@pytest.mark.parametrize("script", DATA_SCRIPTS)
+def test_data_script_flag_typo_is_one_line(capsys, script):
+    """The data scripts printed argparse's multi-line usage block on a typo, unlike train.py."""
+    module = load_folder_module("journeys_" + script.replace("/", "_").replace("-", "_")[:-3], ROOT / script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--data_dirr", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unrecognized arguments: --data_dirr") and "\n" not in err, err
+
+
+def test_make_synthetic_sts_b_help_describes_every_flag(capsys):
+    module = load_folder_module("journeys_make_synthetic_help", STSB_DIR / "data" / "make_synthetic_sts_b.py")
+    with pytest.raises(SystemExit):
+        module.main(["-h"])
+    usage = " ".join(capsys.readouterr().out.split())
+    for flag, default in [("--out_dir", "./synthetic/STS-B"), ("--glove", "./synthetic/glove.txt"),
+                          ("--d_word", "8"), ("--seed", "0")]:
+        described = re.search(rf"{flag} [A-Z_]+ (.+?) \(default: {re.escape(default)}\)", usage)
+        assert described and len(described.group(1)) > 10, (flag, usage)  # a help text, then the default

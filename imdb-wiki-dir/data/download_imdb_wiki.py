@@ -10,19 +10,18 @@ then extracted into ``<data_dir>/`` (giving ``imdb_crop/`` with ``imdb.mat``, an
 ``wiki.mat``) and a marker file ``<name>/.extracted`` is written, so a rerun skips finished parts.
 Next step: ``python data/create_imdb_wiki.py`` (or ``data/download_split.py`` for the published split).
 """
-import argparse
 import os
 
 from ranksim.age_splits import IMDB_WIKI_SOURCES
 from ranksim.download import download, extract_archive
-from ranksim.errors import UserError, run_cli
+from ranksim.errors import OneLineArgumentParser, UserError, run_cli
 
 DEFAULT_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/rrothe/imdb-wiki/static/"
 EXTRACTED_MARKER = ".extracted"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default="./data", help="where the tarballs and images go (default ./data)")
     parser.add_argument("--base_url", default=DEFAULT_BASE_URL,
                         help="folder URL holding imdb_crop.tar and wiki_crop.tar (default: the ETH Zurich page)")

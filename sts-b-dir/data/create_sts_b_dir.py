@@ -12,7 +12,6 @@ in pooled order. This makes a split LIKE the published ones, not the same rows: 
 files came from an unrecorded random draw, so the paper's numbers need the published files
 (``python data/download_sts_b_dir.py``).
 """
-import argparse
 import csv
 from pathlib import Path
 from typing import Dict, List
@@ -20,7 +19,7 @@ from typing import Dict, List
 import numpy as np
 
 from ranksim.download import download, extract_archive
-from ranksim.errors import UserError, run_cli
+from ranksim.errors import OneLineArgumentParser, UserError, run_cli
 
 GLUE_STSB_URL = "https://dl.fbaipublicfiles.com/glue/data/STS-B.zip"
 GLUE_DIR = Path(__file__).resolve().parents[1] / "glue_data"
@@ -81,7 +80,7 @@ def write_split(path: Path, rows: List[List[str]]) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--glue_dir", default=str(GLUE_DIR),
                         help="where STS-B.zip is downloaded and unpacked; the split files go to <glue_dir>/STS-B "
                              "(default: sts-b-dir/glue_data, so train.py's default --data_dir finds them)")

@@ -10,13 +10,12 @@ fetched from ``sts-b-dir/glue_data/STS-B/`` of its repository at a pinned commit
 checked before it is put in place (a mismatch leaves nothing behind), and an existing file is
 replaced only with ``--force``. Interrupted downloads resume.
 """
-import argparse
 from pathlib import Path
 from typing import Dict, Optional
 
 from ranksim.age_splits import raw_github_url
 from ranksim.download import download, sha256_of
-from ranksim.errors import UserError, run_cli
+from ranksim.errors import OneLineArgumentParser, UserError, run_cli
 
 FILES = ("train_new.tsv", "dev_new.tsv", "test_new.tsv")
 REPO_PATH = "sts-b-dir/glue_data/STS-B"
@@ -73,7 +72,7 @@ def download_split_files(urls: Dict[str, str], checksums: Dict[str, str], out_di
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="ranksim", choices=sorted(SOURCES),
                         help="whose split files: RankSim's (default) or Yang et al.'s")
     parser.add_argument("--out_dir", default=str(DEFAULT_OUT_DIR),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ranksim.errors import OneLineArgumentParser
+
 WORDS = ("a man woman dog cat is are playing eating running guitar piano ball the park street "
          "red blue small big child car riding walking on in with two people old young").split()
 HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
@@ -64,13 +66,16 @@ def write_synthetic_glove(path: "str | os.PathLike", d_word: int, seed: int = 0,
     return Path(path)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out_dir", default="./synthetic/STS-B")
-    parser.add_argument("--glove", default="./synthetic/glove.txt")
-    parser.add_argument("--d_word", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def main(argv=None):
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out_dir", default="./synthetic/STS-B",
+                        help="folder for train_new.tsv, dev_new.tsv, test_new.tsv (train.py --data_dir)")
+    parser.add_argument("--glove", default="./synthetic/glove.txt",
+                        help="GloVe-format word-vector file to write (train.py --word_embs_file)")
+    parser.add_argument("--d_word", type=int, default=8, help="word vector size (train.py --d_word)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the sentences, scores and vectors")
+    args = parser.parse_args(argv)
     print(f"wrote {write_synthetic_splits(args.out_dir, args.seed)} and "
           f"{write_synthetic_glove(args.glove, args.d_word, args.seed)}")
 

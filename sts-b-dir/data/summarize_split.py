@@ -6,7 +6,6 @@ groups, vocabulary size. Use it to check downloaded or created files.
 RankSim's published files give train/val/test 5,249 / 1,000 / 1,000 pairs and test groups
 many/medium/few 775 / 175 / 50 (SPEC §5).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,12 +14,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sts-b-dir/datasets.py
 from datasets import build_vocab, load_splits  # noqa: E402
 
-from ranksim.errors import run_cli  # noqa: E402
+from ranksim.errors import OneLineArgumentParser, run_cli  # noqa: E402
 from ranksim.metrics import stsb_shot_groups  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default="./glue_data/STS-B")
     parser.add_argument("--max_seq_len", type=int, default=40)
     parser.add_argument("--max_word_v_size", type=int, default=30000)

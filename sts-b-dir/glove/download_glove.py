@@ -9,18 +9,17 @@ The download shows a progress bar and resumes where it stopped when run again (t
 training run reads the text once and caches the vectors of its vocabulary next to it
 (``glove.840B.300d.txt.vocab-<key>.pt``), so later runs start in seconds.
 """
-import argparse
 from pathlib import Path
 
 from ranksim.download import download, extract_archive
-from ranksim.errors import UserError, run_cli
+from ranksim.errors import OneLineArgumentParser, UserError, run_cli
 
 GLOVE_URL = "https://nlp.stanford.edu/data/glove.840B.300d.zip"
 GLOVE_DIR = Path(__file__).resolve().parent
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=GLOVE_URL, help="GloVe zip (e.g. a mirror)")
     parser.add_argument("--out_dir", default=str(GLOVE_DIR), help="where the text file goes (default: sts-b-dir/glove)")
     parser.add_argument("--sha256", default=None,
