@@ -118,6 +118,19 @@ class AgeCSVDataset(Dataset):
                             f"or pass --data_dir <folder holding {cls.csv_name}>")
         return read_split_csv(cls.csv_path(data_dir), cls.how_to_create)
 
+    @classmethod
+    def check_images(cls, data_dir: str, table: pd.DataFrame) -> None:
+        """UserError naming the first image of ``table`` (all splits) missing under ``data_dir``, and how
+        many are missing, so a run stops before its run directory is made instead of mid-epoch. Only
+        os.path.isfile per row (about 1 s for IMDB-WIKI-DIR's 214K images on a local disk); an image
+        that exists but cannot be decoded is still found when it is read."""
+        paths = [os.path.join(data_dir, p) for p in table["path"].astype(str)]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise ImageReadError(f"{missing[0]}: image listed in {cls.csv_name} not found ({len(missing)} of "
+                                 f"{len(paths)} images missing); check --data_dir and that the images were "
+                                 "extracted/created")
+
     def __len__(self) -> int:
         return len(self.labels)
 

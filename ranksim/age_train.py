@@ -312,6 +312,7 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
     # Data: split table, per-sample train weights (a deterministic function of the train labels, so
     # every rank computes the same), the three splits.
     table = dataset_cls.read_table(args.data_dir)
+    dataset_cls.check_images(args.data_dir, table)  # a missing image stops here, not mid-epoch
     train_labels = table.loc[table["split"] == "train", "age"].to_numpy(dtype=np.float32)
     weights = label_weights(train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
                             label_kind="age")
@@ -361,6 +362,9 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
             logger.info(f"resumed {args.resume} after epoch {start_epoch} (best val score {best_loss:.4f})")
         return train_and_test(args, train_model, optimizer, loaders, train_labels, sizes, device, dataset_cls,
                               logger, run_dir, start_epoch, best_loss, show, ctx, options)
+    except UserError as exc:  # e.g. an unreadable image found mid-epoch: keep the reason with the run
+        logger.record_error(exc)
+        raise
     finally:
         logger.close()
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write
-from .errors import UserError
+from .errors import UserError, one_line
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
@@ -84,6 +84,13 @@ class RunLogger:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         for line in str(message).splitlines() or [""]:
             self._log_file.write(f"{stamp} | {line}\n")
+        self._log_file.flush()
+
+    def record_error(self, error: BaseException) -> None:
+        """Append ``error: <one-line message>`` to training.log only (run_cli prints it on stderr)."""
+        if not self.enabled or self._log_file is None:
+            return
+        self._log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | error: {one_line(str(error))}\n")
         self._log_file.flush()
 
     def scalar(self, tag: str, value: float, step: int) -> None:

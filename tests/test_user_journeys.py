@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from folder_modules import load_folder_module
@@ -16,6 +17,7 @@ from folder_modules import load_folder_module
 from ranksim.age_train import AGEDB_DEFAULTS, build_parser
 from ranksim.age_train import main as age_main
 from ranksim.errors import run_cli
+from ranksim.synthetic import make_synthetic_age_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_DIR = ROOT / "sts-b-dir"
@@ -211,3 +213,47 @@ def test_make_synthetic_sts_b_help_describes_every_flag(capsys):
                           ("--d_word", "8"), ("--seed", "0")]:
         described = re.search(rf"{flag} [A-Z_]+ (.+?) \(default: {re.escape(default)}\)", usage)
         assert described and len(described.group(1)) > 10, (flag, usage)  # a help text, then the default
+
+
+def last_error_line(main_fn, argv, capsys) -> str:
+    """Like one_line_user_error for a run that got as far as training: progress bars (stderr) may come
+    first, the last line is the error."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main_fn, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1].strip()
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture()
+def tiny_agedb(tmp_path):
+    """A tiny synthetic AgeDB (16 px) and the flags of a one-epoch ResNet-18 run on it."""
+    data = tmp_path / "data"
+    make_synthetic_age_dataset(data, n_train=24, n_val=8, n_test=8, img_size=16, seed=0)
+    table = pd.read_csv(data / "agedb.csv")
+    args = ["--data_dir", str(data), "--img_size", "16", "--model", "resnet18", "--batch_size", "8",
+            "--workers", "0", "--store_root", str(tmp_path / "runs"), "--store_name", "run", "--epoch", "1"]
+    return data, table, args
+
+
+def test_age_missing_images_are_found_before_a_run_directory(tiny_agedb, capsys):
+    """A missing image used to stop training mid-epoch, leaving a run directory with only training.log."""
+    data, table, args = tiny_agedb
+    for path in table["path"].iloc[[5, 30]]:  # one train image, one test image
+        (data / path).unlink()
+    err = one_line_user_error(age_main, args, capsys)
+    first_missing = data / table["path"].iloc[5]
+    assert f"{first_missing}: image listed in agedb.csv not found" in err and "2 of 40 images" in err, err
+    assert not (Path(args[args.index("--store_root") + 1])).exists()
+
+
+def test_age_corrupt_image_error_is_also_in_training_log(tiny_agedb, capsys):
+    """An unreadable (but present) image is found while training; its error line goes to training.log too."""
+    data, table, args = tiny_agedb
+    corrupt = data / table["path"].iloc[3]
+    corrupt.write_bytes(b"not a jpeg")
+    err = last_error_line(age_main, args, capsys)
+    assert f"{corrupt}: cannot read image" in err
+    log = (Path(args[args.index("--store_root") + 1]) / "run" / "training.log").read_text()
+    assert log.splitlines()[-1].endswith(err)
