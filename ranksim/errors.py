@@ -28,7 +28,7 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``main_fn(*args)`` and return its result, turning user errors into one line on stderr.
 
     UserError -> ``error: <message>`` on stderr, exit status 2.
-    KeyboardInterrupt -> ``interrupted`` on stderr, exit status 130.
+    KeyboardInterrupt -> ``interrupted (Ctrl-C)[; <its message>]`` on stderr, exit status 130.
     Anything else propagates unchanged (a bug: the traceback is what a developer needs).
     """
     try:
@@ -37,9 +37,10 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
         sys.stdout.flush()  # keep earlier progress output before the error line
         print(f"error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a training program may say how to resume: KeyboardInterrupt(hint)
         sys.stdout.flush()
-        print("interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        hint = f"; {one_line(str(exc))}" if str(exc) else ""
+        print(f"interrupted (Ctrl-C){hint}", file=sys.stderr, flush=True)
         sys.exit(INTERRUPT_EXIT)
 
 

@@ -86,12 +86,20 @@ class RunLogger:
             self._log_file.write(f"{stamp} | {line}\n")
         self._log_file.flush()
 
-    def record_error(self, error: BaseException) -> None:
-        """Append ``error: <one-line message>`` to training.log only (run_cli prints it on stderr)."""
+    def record_error(self, error: BaseException, prefix: str = "error: ") -> None:
+        """Append ``<prefix><one-line message>`` to training.log only (run_cli prints it on stderr)."""
         if not self.enabled or self._log_file is None:
             return
-        self._log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | error: {one_line(str(error))}\n")
+        self._log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | {prefix}{one_line(str(error))}\n")
         self._log_file.flush()
+
+    def interrupted(self, checkpoint: PathLike) -> KeyboardInterrupt:
+        """Ctrl-C during a run: a KeyboardInterrupt whose message (printed by run_cli) says how to resume
+        from ``checkpoint`` (the run's ckpt.pth.tar) when it exists; the same line goes to training.log."""
+        hint = (f"resume with --resume {checkpoint}" if Path(checkpoint).is_file()
+                else "no checkpoint was written yet; start again")
+        self.record_error(KeyboardInterrupt(hint), prefix="interrupted (Ctrl-C); ")
+        return KeyboardInterrupt(hint)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         """Record scalar ``value`` (float) under ``tag`` (e.g. 'val/mae') at ``step`` (int)."""

@@ -257,3 +257,45 @@ def test_age_corrupt_image_error_is_also_in_training_log(tiny_agedb, capsys):
     assert f"{corrupt}: cannot read image" in err
     log = (Path(args[args.index("--store_root") + 1]) / "run" / "training.log").read_text()
     assert log.splitlines()[-1].endswith(err)
+
+
+def interrupted_line(main_fn, argv, capsys) -> str:
+    """Run as __main__ does when Ctrl-C arrives; return the last stderr line (exit status 130)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main_fn, argv)
+    assert exit_info.value.code == 130
+    return capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1].strip()
+
+
+def test_age_ctrl_c_names_the_resume_command(tiny_agedb, capsys, monkeypatch):
+    """Ctrl-C in the second epoch: the line says how to continue from the first epoch's checkpoint."""
+    import ranksim.age_train as age_train
+
+    data, table, args = tiny_agedb
+    real_train_one_epoch = age_train.train_one_epoch
+
+    def train_one_epoch(*a, **kw):
+        if a[5] == 1:  # the 0-based epoch
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*a, **kw)
+
+    monkeypatch.setattr(age_train, "train_one_epoch", train_one_epoch)
+    run_dir = Path(args[args.index("--store_root") + 1]) / "run"
+    line = interrupted_line(age_main, [*args, "--epoch", "2"], capsys)
+    assert line == f"interrupted (Ctrl-C); resume with --resume {run_dir / 'ckpt.pth.tar'}"
+    assert (run_dir / "training.log").read_text().splitlines()[-1].endswith(line)
+
+
+def test_stsb_ctrl_c_names_the_resume_command(stsb, tmp_path, capsys, monkeypatch):
+    real_train_step, steps = stsb_train.train_step, []
+
+    def train_step(*a, **kw):
+        steps.append(1)
+        if len(steps) == 8:  # after the first check (5 steps) wrote ckpt.pth.tar
+            raise KeyboardInterrupt
+        return real_train_step(*a, **kw)
+
+    monkeypatch.setattr(stsb_train, "train_step", train_step)
+    runs = tmp_path / "runs"
+    line = interrupted_line(stsb_train.main, stsb_args(stsb, runs, "--max_vals", "3", "--store_name", "run"), capsys)
+    assert line == f"interrupted (Ctrl-C); resume with --resume {runs / 'run' / 'ckpt.pth.tar'}"
