@@ -403,7 +403,7 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
             progress.iteration += 1
             progress.batch_in_epoch += 1
             loss_sum, reg_sum = loss_sum + loss, reg_sum + reg
-            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", epoch=progress.epoch, refresh=False)
+            bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", epoch=progress.epoch + 1, refresh=False)
             if progress.batch_in_epoch == len(batches):  # epoch boundary
                 if args.fds and progress.epoch >= args.start_update:
                     update_fds_statistics(bare, fds_loader, device, progress.epoch, frozen_encoder, show,
@@ -423,7 +423,9 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
         if is_best:
             progress.best_val_mse, progress.best_iteration = val["mse"], progress.iteration
         check = len(progress.val_history)
-        logger.info(f"check {check}/{args.max_vals} | iter {progress.iteration} | epoch {progress.epoch} | "
+        # "epoch" here is the 1-based epoch now running, as in the age logs; checkpoints keep progress.epoch
+        # (completed passes), which --resume reads.
+        logger.info(f"check {check}/{args.max_vals} | iter {progress.iteration} | epoch {progress.epoch + 1} | "
                     f"train loss {loss_sum / args.val_interval:.4f} (RankSim {reg_sum / args.val_interval:.4f}) | "
                     f"val mse {val['mse']:.4f} mae {val['mae']:.4f} pearson {val['pearson'] or 0:.4f} | "
                     f"best mse {progress.best_val_mse:.4f} @ iter {progress.best_iteration}" + (" *" if is_best else ""))

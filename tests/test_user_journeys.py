@@ -299,3 +299,14 @@ def test_stsb_ctrl_c_names_the_resume_command(stsb, tmp_path, capsys, monkeypatc
     runs = tmp_path / "runs"
     line = interrupted_line(stsb_train.main, stsb_args(stsb, runs, "--max_vals", "3", "--store_name", "run"), capsys)
     assert line == f"interrupted (Ctrl-C); resume with --resume {runs / 'run' / 'ckpt.pth.tar'}"
+
+
+def test_stsb_logs_1_based_epochs_while_checkpoints_keep_completed_epochs(stsb, tmp_path):
+    """The age logs say "epoch 1/E" for the first epoch; STS-B said "epoch 0". Checkpoint 'epoch' (completed
+    passes, what --resume reads) must not change."""
+    runs = tmp_path / "runs"
+    stsb_train.main(stsb_args(stsb, runs, "--store_name", "run"))  # one check of 5 steps: inside epoch 1
+    run_dir = runs / "run"
+    check_line = next(line for line in (run_dir / "training.log").read_text().splitlines() if "check 1/1" in line)
+    assert "| epoch 1 |" in check_line, check_line
+    assert torch.load(run_dir / "ckpt.pth.tar", weights_only=True)["epoch"] == 0
