@@ -15,7 +15,7 @@ Behaviour that is reproduced on purpose (it decides the published numbers):
   * ``update_last_epoch_stats`` makes ``running_*_last_epoch`` the SAME tensor as ``running_*``
     (not a copy), so later in-place updates of the running statistics show through and ``smooth``
     maps from the current running statistics to those smoothed at the last epoch boundary. The
-    alias survives ``.to()`` / ``.cuda()`` / ``.double()`` (see ``_apply``) and is re-established
+    alias survives ``.to()`` (any device or dtype) (see ``_apply``) and is re-established
     after ``load_state_dict`` exactly when the saved module had it (see ``_load_from_state_dict``).
   * ``smooth`` writes into the feature tensor in place and returns it.
 

@@ -181,7 +181,7 @@ def select_device(gpu: Optional[int] = None) -> torch.device:
         gpu = torch.cuda.current_device()
     elif not 0 <= gpu < count:
         raise UserError(f"--gpu {gpu}: this machine has {count} CUDA device(s), numbered 0..{count - 1}")
-    torch.cuda.set_device(gpu)  # so that plain .cuda() / 'cuda' tensors land on the chosen GPU
+    torch.cuda.set_device(gpu)  # so that tensors created on "cuda" land on the chosen GPU
     return torch.device("cuda", gpu)
 
 
