@@ -166,15 +166,6 @@ def broadcast_object(obj, ctx: DistContext, src: int = 0):
     return holder[0]
 
 
-def all_ranks_agree(flag: bool, ctx: DistContext) -> bool:
-    """True on every rank when ``flag`` is True on any rank (e.g. 'stop: something went wrong')."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """Mean of a (detached) tensor over the ranks; the tensor itself without a process group."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -40,12 +40,6 @@ def sha256_of(path: PathLike, chunk: int = 1 << 20) -> str:
             digest.update(block)
 
 
-def _hash_file_into(digest, path: Path, chunk: int) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-
-
 def _content_range_start(header: Optional[str]) -> Optional[int]:
     """Start offset from a 'bytes START-END/TOTAL' Content-Range header (None if absent/unparsable)."""
     match = re.match(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)", header or "")

@@ -152,10 +152,6 @@ class ResNet(nn.Module):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 
-    def head_names(self) -> List[str]:
-        """Parameter names of the regression head (what RRT retrains)."""
-        return [name for name, _ in self.named_parameters() if name.startswith("linear.")]
-
     def forward(self, x: torch.Tensor, targets: Optional[torch.Tensor] = None, epoch: Optional[int] = None):
         encoding = self.backbone(x)
         if self.training and self.fds and epoch is not None and epoch >= self.start_smooth:
