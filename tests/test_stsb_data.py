@@ -166,7 +166,7 @@ def test_glove_matrix_tokens_with_spaces_unknown_words_and_padding(tmp_path):
         (",", [0.5, -1.0, 2.0]),
         ("new york", [1.0, 2.0, 3.0]),     # a token with a space: the last 3 fields are the vector
         ("cat", [4.0, 5.0, 6.0]),
-        ("cat", [9.0, 9.0, 9.0]),          # duplicate: the first occurrence wins
+        ("cat", [9.0, 9.0, 9.0]),          # duplicate: the last occurrence wins (as published)
         ("dog", [7.0, 8.0, 9.0]),          # not in the vocabulary
         (". . .", [-1.0, -2.0, -3.0]),
     ])
@@ -174,7 +174,7 @@ def test_glove_matrix_tokens_with_spaces_unknown_words_and_padding(tmp_path):
     matrix, found = stsb_data.load_glove_matrix(glove, vocab, d_word=3, seed=7, log=lambda m: None)
     assert matrix.dtype == torch.float32 and matrix.shape == (7, 3) and found == 4
     assert matrix[0].tolist() == [0.0, 0.0, 0.0]
-    assert matrix[2].tolist() == [4.0, 5.0, 6.0] and matrix[3].tolist() == [1.0, 2.0, 3.0]
+    assert matrix[2].tolist() == [9.0, 9.0, 9.0] and matrix[3].tolist() == [1.0, 2.0, 3.0]
     assert matrix[5].tolist() == [0.5, -1.0, 2.0] and matrix[6].tolist() == [-1.0, -2.0, -3.0]
     # unknown entry and a word GloVe lacks: N(0, 1) rows from numpy's generator seeded with the seed
     normal = np.random.default_rng(7).standard_normal((7, 3)).astype(np.float32)
