@@ -220,8 +220,9 @@ def parse_glove_line(line: bytes, d_word: int, where: str) -> Tuple[bytes, List[
     if len(token_fields) > 1 and _is_number(token_fields[-1]):
         raise UserError(
             f"{where}: {len(fields)} fields and the field before the last {d_word} is the number "
-            f"{token_fields[-1].decode('utf-8', 'replace')!r}, so the line holds one number too many (or a token "
-            f"ending in a number, which cannot be told apart); repair the line or get a fresh copy: {HOW_TO_GET_GLOVE}"
+            f"{token_fields[-1].decode('utf-8', 'replace')!r}, so the line holds one number too many (or a "
+            "token ending in a number, which cannot be told apart); repair the line or get a fresh copy: "
+            f"{HOW_TO_GET_GLOVE}"
         )
     return b" ".join(token_fields), fields[-d_word:]
 

@@ -11,7 +11,7 @@ split is evaluated with it. The model predicts score / 5; metrics are on predict
     python train.py --retrain_fc --pretrained <run>/ckpt.best.pth.tar --reweight inverse  # RRT stage 2
     python train.py --evaluate --eval_model <run>/ckpt.best.pth.tar       # test a checkpoint
     python train.py --resume <run>/ckpt.pth.tar                           # continue a run
-    python train.py --store_name <name> --resume                          # the same, by run name (published form)
+    python train.py --store_name <name> --resume                          # the same, by run name
 
 Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (--batch_size stays the global batch: every
 rank takes its slice of the same batch a single process would use; RankSim and FDS see the global
@@ -321,11 +321,12 @@ def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int
 
     loss = loss_fn(pred, score / 5, weight) [+ gamma * RankSim(pair features, score)]: the head learns
     score / 5, while RankSim ranks the raw scores (0-5) as published (which label distances tie
-    depends on the scale once float32 rounds them); FDS (inside the model) buckets by the raw scores. Under torchrun ``batch`` is this rank's slice b_r of a global
-    batch of B pairs and share = b_r * N / B: DDP averages the N ranks' gradients, so scaling each
-    rank's mean loss by its share makes the average the global-batch mean even when the last batch
-    of an epoch splits unevenly; the regularizer (GatheredRankSim) is computed on the global batch
-    and needs no scaling (see ranksim/distributed.py).
+    depends on the scale once float32 rounds them); FDS (inside the model) buckets by the raw scores.
+    Under torchrun ``batch`` is this rank's slice b_r of a global batch of B pairs and
+    share = b_r * N / B: DDP averages the N ranks' gradients, so scaling each rank's mean loss by its
+    share makes the average the global-batch mean even when the last batch of an epoch splits unevenly;
+    the regularizer (GatheredRankSim) is computed on the global batch and needs no scaling (see
+    ranksim/distributed.py).
     """
     options = options or StepOptions()
     inputs, scores, weights = (t.to(device, non_blocking=True) for t in batch)
