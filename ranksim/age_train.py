@@ -66,6 +66,7 @@ from ranksim.distributed import (
 from ranksim.engine import (
     DivergenceError,
     StepOptions,
+    exploding_loss_limit,
     freeze_all_but_head,
     keep_float32,
     make_step_options,
@@ -77,7 +78,7 @@ from ranksim.engine import (
 from ranksim.errors import OneLineArgumentParser, UserError
 from ranksim.flags import check_method_flags, check_positive
 from ranksim.kernels import KERNELS
-from ranksim.losses import LOSSES, get_loss
+from ranksim.losses import LOSSES, get_loss, published_age_loss
 from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
 from ranksim.resnet import MODELS, build_model
 from ranksim.runs import (
@@ -99,6 +100,12 @@ BEST_NAME = "ckpt.best.pth.tar"
 # AgeDB-DIR values of the flags whose default depends on the dataset (SPEC §7); IMDB-WIKI-DIR's
 # train.py overrides them (lds_ks/fds_ks 5, bucket_start 0, epoch 90).
 AGEDB_DEFAULTS = {"dataset": "agedb", "lds_ks": 9, "fds_ks": 9, "bucket_start": 3, "epoch": 120}
+
+
+PUBLISHED_QUIRKS_HELP = (
+    "reproduce the published code's unintended behaviours the paper's numbers depend on: INV+LDS smooths "
+    "integer counts (truncated), focal losses ignore the sample weights and Huber uses them as its threshold, "
+    "divergence limit 1e6 (see the README's differences table)")
 
 
 def is_head_key(key: str) -> bool:
@@ -130,6 +137,7 @@ def build_parser(defaults: Optional[Mapping] = None) -> argparse.ArgumentParser:
     g.add_argument("--retrain_fc", action="store_true", help="RRT: train only the head of --pretrained")
     g.add_argument("--regularization_weight", type=float, default=0.0, help="RankSim weight gamma (0 = off)")
     g.add_argument("--interpolation_lambda", type=float, default=1.0, help="RankSim interpolation strength lambda")
+    g.add_argument("--published_quirks", action="store_true", help=PUBLISHED_QUIRKS_HELP)
 
     g = p.add_argument_group("data, model, run")
     g.add_argument("--dataset", default=d["dataset"], choices=[d["dataset"]])
@@ -315,7 +323,7 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
     dataset_cls.check_images(args.data_dir, table)  # a missing image stops here, not mid-epoch
     train_labels = table.loc[table["split"] == "train", "age"].to_numpy(dtype=np.float32)
     weights = label_weights(train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
-                            label_kind="age")
+                            label_kind="age", integer_smoothing=args.published_quirks)
     datasets = {split: dataset_cls(args.data_dir, table, args.img_size, split,
                                    weights if split == "train" else None) for split in SPLITS}
     sizes = {split: len(ds) for split, ds in datasets.items()}
@@ -454,7 +462,7 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
     ctx = ctx or DistContext(device=device)
     options = options or StepOptions()
     bare = unwrap_model(model)
-    loss_fn = get_loss(args.loss)
+    loss_fn = published_age_loss(args.loss) if args.published_quirks else get_loss(args.loss)
     if ctx.distributed and args.regularization_weight > 0:
         regularizer = GatheredRankSim(args.regularization_weight, args.interpolation_lambda, device, args.seed)
     else:
@@ -477,7 +485,8 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
             train_stats = train_one_epoch(model, loaders["train"], optimizer, loss_fn, device, epoch,
                                           regularizer=regularizer, frozen_backbone=args.retrain_fc,
                                           show_progress=show, desc=f"epoch {epoch + 1}/{args.epoch}",
-                                          log_every=args.print_freq, log_fn=logger.info, options=options)
+                                          log_every=args.print_freq, log_fn=logger.info, options=options,
+                                          loss_limit=exploding_loss_limit(args.published_quirks))
             sync_buffers(bare, ctx)  # rank 0's BatchNorm running statistics everywhere (see wrap_model)
             if args.fds and epoch >= args.start_update:
                 update_fds_statistics(bare, fds_loader, device, epoch, frozen_backbone=args.retrain_fc,

@@ -25,6 +25,13 @@ from ranksim.regularizer import batchwise_ranking_regularizer
 # A loss above this is treated as divergence. The largest honest losses of the age benchmarks are
 # MSE of an untrained model (~1e4) and gamma * RankSim (gamma 100 * at most the batch size).
 EXPLODING_LOSS = 1e8
+# The published code's limit (--published_quirks): it stops at a loss above 1e6.
+PUBLISHED_EXPLODING_LOSS = 1e6
+
+
+def exploding_loss_limit(published_quirks: bool) -> float:
+    """The divergence threshold of a run: ours, or the published one under --published_quirks."""
+    return PUBLISHED_EXPLODING_LOSS if published_quirks else EXPLODING_LOSS
 
 FeatureRegularizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -153,12 +160,14 @@ def train_one_epoch(
     log_every: int = 0,
     log_fn: Optional[Callable[[str], None]] = None,
     options: Optional[StepOptions] = None,
+    loss_limit: float = EXPLODING_LOSS,
 ) -> dict:
     """Train ``model`` for one pass over ``loader`` (batches of (images, labels [B,1], weights [B,1])).
 
     loss = loss_fn(pred, labels, weights) [+ regularizer(encoding, labels)]. Returns
     {"loss": mean total loss, "reg": mean regularizer term (0 when off)} over the samples.
-    Raises DivergenceError on a NaN/inf/exploding loss before the optimizer step that would apply it.
+    Raises DivergenceError on a NaN/inf loss or one above ``loss_limit`` before the optimizer step that
+    would apply it.
     log_fn(line) is called with the running loss every ``log_every`` iterations (0: never).
     options: mixed precision / channels_last / distributed loss reduction (default: plain fp32).
     """
@@ -185,7 +194,7 @@ def train_one_epoch(
         # backward queued; the parameters are still untouched if the loss is bad.
         checked = loss.detach() if options.reduce_loss is None else options.reduce_loss(loss.detach())
         value = checked.item()
-        if not math.isfinite(value) or abs(value) > EXPLODING_LOSS:
+        if not math.isfinite(value) or abs(value) > loss_limit:
             bar.close()
             raise DivergenceError(f"training diverged at epoch {epoch + 1}, step {step + 1}: loss = {value:.4g}")
         if scaler is not None:  # fp16: skips the step if the scaled gradients overflowed

@@ -8,13 +8,18 @@ with targets [B, 1] the result is the batch mean. Returns a 0-d tensor.
 Focal-R (Yang et al. 2021) scales the error by a factor in [0, 1) that grows with |d|:
 ``(2 * sigmoid(beta * |d|) - 1) ** gamma`` (activate='sigmoid', the default) or
 ``tanh(beta * |d|) ** gamma`` (activate='tanh'), so well-fitted samples contribute less.
+beta is 0.2 for the age datasets (the default here) and 20 for STS-B-DIR (sts-b-dir/train.py passes
+it), gamma 1, sigmoid: the published values.
+
+``published_age_loss`` reproduces how the published age train.py calls these losses
+(``--published_quirks``): see its docstring.
 """
 from typing import Callable, Dict, Optional
 
 import torch
 
 __all__ = [
-    "LOSSES", "get_loss", "weighted_focal_l1_loss", "weighted_focal_mse_loss", "weighted_huber_loss",
+    "LOSSES", "get_loss", "published_age_loss", "weighted_focal_l1_loss", "weighted_focal_mse_loss", "weighted_huber_loss",
     "weighted_l1_loss", "weighted_mse_loss",
 ]
 
@@ -82,12 +87,14 @@ def weighted_focal_l1_loss(inputs: torch.Tensor, targets: torch.Tensor,
 
 
 def weighted_huber_loss(inputs: torch.Tensor, targets: torch.Tensor,
-                        weights: Optional[torch.Tensor] = None, beta: float = 1.0) -> torch.Tensor:
+                        weights: Optional[torch.Tensor] = None,
+                        beta: "float | torch.Tensor" = 1.0) -> torch.Tensor:
     """mean(w * h(|d|)), h(a) = 0.5 a^2 / beta if a < beta else a - 0.5 beta (smooth L1 with ``beta``).
 
-    beta: 1.0 for the age datasets, ``--huber_beta`` (0.3) for STS-B.
+    beta: 1.0 for the age datasets, ``--huber_beta`` (0.3) for STS-B; a tensor of the inputs' shape
+    gives every element its own threshold (used by ``published_age_loss``).
     """
-    if not beta > 0:
+    if not bool(torch.all(torch.as_tensor(beta) > 0)):
         raise ValueError(f"beta={beta!r}: the Huber threshold must be > 0")
     _check_shapes(inputs, targets)
     abs_diff = torch.abs(inputs - targets)
@@ -109,3 +116,27 @@ def get_loss(name: str) -> Callable[..., torch.Tensor]:
     if name not in LOSSES:
         raise ValueError(f"--loss {name!r}: unknown loss; choose one of {', '.join(LOSSES)}")
     return LOSSES[name]
+
+
+def published_age_loss(name: str) -> Callable[..., torch.Tensor]:
+    """``loss(inputs, targets, weights)`` as the published age train.py computes it (--published_quirks).
+
+    The published train.py passes the sample weights as the THIRD POSITIONAL argument, and in its
+    loss.py only mse and l1 have ``weights`` there; the focal losses' third parameter is ``activate``
+    and Huber's is ``beta`` (``weights`` comes later, as a keyword). So the published focal_l1 /
+    focal_mse ignore the sample weights (a tensor is never equal to 'tanh', so the sigmoid factor is
+    used, beta 0.2, gamma 1), and Huber takes each sample's weight as its own threshold and averages
+    unweighted. mse and l1 are unaffected. With --reweight none every weight is 1, so only runs
+    that re-weight (SQINV, LDS) change.
+    """
+    loss = get_loss(name)
+    if name in ("focal_l1", "focal_mse"):
+        def focal_without_weights(inputs, targets, weights=None):
+            return loss(inputs, targets)
+        return focal_without_weights
+    if name == "huber":
+        def huber_with_weights_as_beta(inputs, targets, weights=None):
+            beta = 1.0 if weights is None else weights.reshape(inputs.shape)
+            return weighted_huber_loss(inputs, targets, beta=beta)
+        return huber_with_weights_as_beta
+    return loss

@@ -3,9 +3,15 @@
 Every function ranks all rows of an ``[n, m]`` tensor at once (one sort per call, no Python
 loop over rows) and works on any device.
 
-Rank convention (the one the published code uses): the rank of an element is its position in
-its row sorted in DEScending order, 0-based; among equal values the element with the LARGER
-column index comes first. ``rank_normalised`` maps ranks to ``(rank + 1) / m`` in (0, 1].
+Rank convention: the rank of an element is its position in its row sorted in DEScending order,
+0-based; among equal values the element with the LARGER column index comes first (a STABLE sort,
+flipped). ``rank_normalised`` maps ranks to ``(rank + 1) / m`` in (0, 1].
+
+Ties cannot be matched exactly: the published ``rank_normalised`` (agedb-dir/ranking.py) sorts
+with the default, NON-stable ``torch.argsort``, so equal values (in RankSim: samples at equal label
+distances, e.g. y_i - d and y_i + d) get an implementation-defined order. On CPU that order equals
+the stable one for rows of up to 16 elements and differs from row length 17 on (on a GPU it is
+implementation-defined as well); here the order is always the stable one, on every device.
 """
 from typing import Optional
 

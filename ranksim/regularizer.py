@@ -20,7 +20,9 @@ How the vectorised form avoids host-device syncs (no ``.item()``, ``.nonzero()``
   * Why the order matters at all: the loss sums over all (i, j) pairs, so it is invariant to a
     permutation of the samples EXCEPT through tie-breaking inside a row, which goes by column
     index (e.g. labels y_i - d and y_i + d are equally far from y_i). Using the reference's order
-    (batch order without ties, label order with ties) reproduces its tie-breaks exactly.
+    (batch order without ties, label order with ties) reproduces its tie-breaks exactly, given the
+    stable sort of ranksim.ranking (the published code's non-stable argsort orders such ties
+    arbitrarily in rows of 17 or more samples; see the ranking module's docstring).
 On CPU there is no device to wait for, so the regularizer gathers the kept samples instead of
 masking them: same random draws, same order, same numbers, but n x n work instead of B x B (with
 AgeDB-like labels a batch of 256 keeps ~70 samples, and the B x B similarity matmul would

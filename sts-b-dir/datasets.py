@@ -151,11 +151,17 @@ def vocab_fingerprint(vocab: Sequence[str]) -> str:
 
 # ----------------------------------------------------------------------------------------------- GloVe
 
+# Part of the cache key: changes whenever read_glove_vectors reads a file differently (2: the last
+# occurrence of a token wins, malformed lines are refused), so no cache of an older rule is reused.
+GLOVE_READ_RULES = 2
+
+
 def _glove_cache_path(glove_path: str, vocab: Sequence[str], d_word: int) -> Path:
-    """Cache file next to the GloVe file, keyed by vocabulary, d_word and the GloVe file's size/mtime."""
+    """Cache file next to the GloVe file, keyed by vocabulary, d_word, the GloVe file's size/mtime and
+    the reading rules."""
     stat = os.stat(glove_path)
     key = hashlib.sha256(
-        f"{vocab_fingerprint(vocab)}|{d_word}|{stat.st_size}|{int(stat.st_mtime)}".encode()
+        f"{vocab_fingerprint(vocab)}|{d_word}|{stat.st_size}|{int(stat.st_mtime)}|{GLOVE_READ_RULES}".encode()
     ).hexdigest()[:16]
     return Path(f"{glove_path}.vocab-{key}.pt")
 
@@ -165,7 +171,7 @@ def _vector_length_of(glove_path: str, sample_lines: int = 1000) -> int:
     lengths: Counter = Counter()
     with open(glove_path, "rb") as f:
         for _, line in zip(range(sample_lines), f):
-            lengths[len(line.rstrip(b"\r\n").split(b" ")) - 1] += 1
+            lengths[len(line.rstrip(b"\r\n").rstrip(b" ").split(b" ")) - 1] += 1
     if not lengths:
         raise UserError(f"GloVe file is empty: {glove_path}; {HOW_TO_GET_GLOVE}")
     return lengths.most_common(1)[0][0]
@@ -185,13 +191,50 @@ def check_glove_file(glove_path: "str | os.PathLike", d_word: int) -> None:
         )
 
 
+def _is_number(field: bytes) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_glove_line(line: bytes, d_word: int, where: str) -> Tuple[bytes, List[bytes]]:
+    """(token, its d_word number fields) of one GloVe line, by the published rule: the LAST d_word
+    space-separated fields are the vector and the fields before them, joined by single spaces, are
+    the token (a few GloVe tokens contain spaces, e.g. ". . ."). The line end and trailing spaces
+    are ignored. The fields are checked to be numbers by the caller (that needs the conversion anyway).
+
+    Raises UserError naming ``where`` ("<file>, line <n>") for a line that cannot be read that way
+    without guessing: fewer than d_word + 1 fields; or a token of several fields whose last field is
+    a number, because such a line reads equally well as a token followed by d_word + 1 numbers (one
+    number too many: a damaged line, which the rule alone would silently turn into a token "word 0.1").
+    """
+    fields = line.rstrip(b"\r\n").rstrip(b" ").split(b" ")
+    if len(fields) < d_word + 1:
+        raise UserError(
+            f"{where}: {len(fields) - 1} numbers, expected a token and {d_word}; the file looks truncated "
+            f"or is not a {d_word}-d GloVe text file; {HOW_TO_GET_GLOVE}"
+        )
+    token_fields = fields[:-d_word]
+    if len(token_fields) > 1 and _is_number(token_fields[-1]):
+        raise UserError(
+            f"{where}: {len(fields)} fields and the field before the last {d_word} is the number "
+            f"{token_fields[-1].decode('utf-8', 'replace')!r}, so the line holds one number too many (or a "
+            "token ending in a number, which cannot be told apart); repair the line or get a fresh copy: "
+            f"{HOW_TO_GET_GLOVE}"
+        )
+    return b" ".join(token_fields), fields[-d_word:]
+
+
 def read_glove_vectors(glove_path: str, vocab: Sequence[str], d_word: int) -> Tuple[np.ndarray, np.ndarray]:
     """Read the GloVe text file once -> (vectors float32 [V, d_word] with zero rows for missing words,
     found bool [V]) for the words of ``vocab``.
 
-    A line is a token then d_word numbers separated by single spaces; a few tokens contain spaces, so
-    the LAST d_word fields are the vector and everything before them is the token. The first
-    occurrence of a token wins. Raises UserError when the vectors are not d_word long.
+    Every line is read by ``parse_glove_line`` and its d_word vector fields must all be numbers; a
+    line breaking either rule stops with a UserError naming the file and line (a damaged file is
+    reported, never half-read). A token that appears on several lines takes the vector of its LAST
+    line, as the published code's dictionary does. Raises UserError when the vectors are not d_word long.
     """
     check_glove_file(glove_path, d_word)
     index_of = {word: i for i, word in enumerate(vocab)}
@@ -199,30 +242,19 @@ def read_glove_vectors(glove_path: str, vocab: Sequence[str], d_word: int) -> Tu
     found = np.zeros(len(vocab), dtype=bool)
     with open(glove_path, "rb") as f:
         for line_number, line in enumerate(f, start=1):
-            line = line.rstrip(b"\r\n")
-            n_spaces = line.count(b" ")
-            if n_spaces < d_word:
-                raise UserError(
-                    f"{glove_path}, line {line_number}: {n_spaces} numbers, expected a token and {d_word}; "
-                    f"the file looks truncated or is not a {d_word}-d GloVe text file; {HOW_TO_GET_GLOVE}"
-                )
-            # Fast path: no space inside the token, so the token ends at the first space.
-            if n_spaces == d_word:
-                token_bytes = line[: line.index(b" ")]
-            else:
-                token_bytes = line.rsplit(b" ", d_word)[0]
-            index = index_of.get(token_bytes.decode("utf-8", errors="replace"))
-            if index is None or found[index]:
-                continue
-            fields = line.rsplit(b" ", d_word)[1:]
+            where = f"{glove_path}, line {line_number}"
+            token_bytes, fields = parse_glove_line(line, d_word, where)
             try:
-                vectors[index] = np.array([float(x) for x in fields], dtype=np.float32)
+                vector = [float(x) for x in fields]
             except ValueError:
                 raise UserError(
-                    f"{glove_path}, line {line_number}: the last {d_word} fields are not all numbers; "
-                    f"the file is not a {d_word}-d GloVe text file; {HOW_TO_GET_GLOVE}"
+                    f"{where}: the last {d_word} fields are not all numbers; the file is not a {d_word}-d "
+                    f"GloVe text file or is damaged; {HOW_TO_GET_GLOVE}"
                 ) from None
-            found[index] = True
+            index = index_of.get(token_bytes.decode("utf-8", errors="replace"))
+            if index is not None:
+                vectors[index] = vector  # a later line of the same token overwrites: the last one wins
+                found[index] = True
     return vectors, found
 
 

@@ -11,6 +11,7 @@ split is evaluated with it. The model predicts score / 5; metrics are on predict
     python train.py --retrain_fc --pretrained <run>/ckpt.best.pth.tar --reweight inverse  # RRT stage 2
     python train.py --evaluate --eval_model <run>/ckpt.best.pth.tar       # test a checkpoint
     python train.py --resume <run>/ckpt.pth.tar                           # continue a run
+    python train.py --store_name <name> --resume                          # the same, by run name
 
 Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` (--batch_size stays the global batch: every
 rank takes its slice of the same batch a single process would use; RankSim and FDS see the global
@@ -72,6 +73,7 @@ from ranksim.engine import (
     EXPLODING_LOSS,
     DivergenceError,
     StepOptions,
+    exploding_loss_limit,
     freeze_all_but_head,
     keep_float32,
     make_step_options,
@@ -97,8 +99,10 @@ DATASET = "sts-b"
 ARCH = "sts-b-bilstm"
 SCORE_SCALE = 5.0  # the model is trained on score / 5
 GM_EPS = 1e-10  # STS-B: absolute errors equal to 0 become 1e-10 before the geometric mean (SPEC §5)
+FOCAL_BETA = 20.0  # Focal-R's beta on STS-B as published (the age datasets use the loss default 0.2)
 EVAL_BATCH_SIZE = 128  # prediction passes only (no gradient); results do not depend on it
 CKPT_NAME, BEST_NAME = "ckpt.pth.tar", "ckpt.best.pth.tar"
+RESUME_BY_NAME = True  # the value of a bare --resume: continue the run named by --store_name
 SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp fp16)
 
 
@@ -114,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_word_v_size", type=int, default=30000, help="vocabulary words (besides padding/unknown)")
     # model
     a("--d_word", type=int, default=300, help="word vector size")
-    a("--train_words", type=int, default=0, choices=[0, 1], help="1: fine-tune the word embeddings")
+    a("--train_words", type=int, default=0, choices=[0, 1], help="1: fine-tune the GloVe word embeddings "
+      "(with --glove 0 the random embeddings are always trained, as published)")
     a("--d_hid", type=int, default=1500, help="LSTM hidden size per direction")
     a("--n_layers_enc", type=int, default=2, help="LSTM layers")
     a("--dropout", type=float, default=0.2, help="dropout on the embeddings and the LSTM outputs")
@@ -147,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fds_mmt", type=float, default=0.9, help="FDS momentum")
     a("--regularization_weight", type=float, default=0.0, help="RankSim gamma (0: off)")
     a("--interpolation_lambda", type=float, default=1.0, help="RankSim lambda")
+    a("--published_quirks", action="store_true", help="reproduce the published code's unintended behaviours: "
+      "INV+LDS smooths integer counts (truncated); divergence limit 1e6 (see the README's differences table)")
     a("--retrain_fc", action="store_true", help="RRT: retrain only the head (needs --pretrained)")
     a("--pretrained", default="", help="checkpoint whose encoder RRT starts from")
     # runs
     a("--evaluate", action="store_true", help="only evaluate --eval_model on the test split")
     a("--eval_model", default="", help="checkpoint to evaluate (ours or a published model_state_best.th)")
-    a("--resume", default="", help="checkpoint (ckpt.pth.tar) of a run to continue")
+    a("--resume", nargs="?", const=RESUME_BY_NAME, default="", metavar="CKPT",
+      help="continue a run: --resume <run>/ckpt.pth.tar, or --resume alone (the published form) to continue "
+      "<store_root>/<store_name>/ckpt.pth.tar")
     a("--store_root", default="checkpoint", help="folder of run directories")
     a("--store_name", default="", help="run directory name (default: derived from the settings)")
     a("--random_seed", type=int, default=111)
@@ -163,8 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_resume_by_name(args: argparse.Namespace) -> None:
+    """A bare --resume (the published form) -> args.resume = <store_root>/<store_name>/ckpt.pth.tar."""
+    if args.resume is not RESUME_BY_NAME:
+        return
+    if not args.store_name:
+        raise UserError("--resume without a checkpoint continues the run named by --store_name; pass "
+                        f"--store_name <run name> or --resume <run>/{CKPT_NAME}")
+    args.resume = str(Path(args.store_root) / args.store_name / CKPT_NAME)
+
+
 def check_args(args: argparse.Namespace) -> None:
-    """Flag combinations that cannot work -> UserError naming the flag."""
+    """Flag combinations that cannot work -> UserError naming the flag (a bare --resume is resolved
+    to its checkpoint path first)."""
+    resolve_resume_by_name(args)
     check_positive(args, ("lr", "max_seq_len", "max_word_v_size", "d_word", "d_hid", "n_layers_enc", "batch_size",
                           "val_interval", "max_vals"))
     if args.patience < 0:
@@ -294,15 +315,18 @@ class Progress:
 
 
 def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int, max_grad_norm: float,
-               options: Optional[StepOptions] = None, share: Optional[float] = None):
+               options: Optional[StepOptions] = None, share: Optional[float] = None,
+               loss_limit: float = EXPLODING_LOSS):
     """One optimizer step on ``batch`` -> (total loss, RankSim term) as floats.
 
-    loss = loss_fn(pred, score / 5, weight) [+ gamma * RankSim(pair features, score / 5)]; FDS (inside
-    the model) buckets by the raw scores. Under torchrun ``batch`` is this rank's slice b_r of a global
-    batch of B pairs and share = b_r * N / B: DDP averages the N ranks' gradients, so scaling each
-    rank's mean loss by its share makes the average the global-batch mean even when the last batch
-    of an epoch splits unevenly; the regularizer (GatheredRankSim) is computed on the global batch
-    and needs no scaling (see ranksim/distributed.py).
+    loss = loss_fn(pred, score / 5, weight) [+ gamma * RankSim(pair features, score)]: the head learns
+    score / 5, while RankSim ranks the raw scores (0-5) as published (which label distances tie
+    depends on the scale once float32 rounds them); FDS (inside the model) buckets by the raw scores.
+    Under torchrun ``batch`` is this rank's slice b_r of a global batch of B pairs and
+    share = b_r * N / B: DDP averages the N ranks' gradients, so scaling each rank's mean loss by its
+    share makes the average the global-batch mean even when the last batch of an epoch splits unevenly;
+    the regularizer (GatheredRankSim) is computed on the global batch and needs no scaling (see
+    ranksim/distributed.py).
     """
     options = options or StepOptions()
     inputs, scores, weights = (t.to(device, non_blocking=True) for t in batch)
@@ -313,11 +337,11 @@ def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int
         loss = loss_fn(pred.float(), targets, weights)  # .float(): a no-op in fp32
         if share is not None:
             loss = loss * share
-        reg = regularizer(features, targets) if regularizer is not None else None
+        reg = regularizer(features, scores) if regularizer is not None else None
         if reg is not None:
             loss = loss + reg
     value = (loss.detach() if options.reduce_loss is None else options.reduce_loss(loss.detach())).item()
-    if not math.isfinite(value) or abs(value) > EXPLODING_LOSS:
+    if not math.isfinite(value) or abs(value) > loss_limit:
         raise DivergenceError(f"training diverged at epoch {epoch + 1}: loss = {value:.4g}; "
                               "lower --lr or --regularization_weight")
     optimizer.zero_grad(set_to_none=True)
@@ -333,6 +357,22 @@ def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int
     else:
         optimizer.step()
     return value, (reg.item() if reg is not None else 0.0)
+
+
+def stsb_loss(args):
+    """The --loss function with STS-B's settings: Focal-R beta 20, Huber threshold --huber_beta."""
+    loss_fn = get_loss(args.loss)
+    if args.loss in ("focal_l1", "focal_mse"):
+        return functools.partial(loss_fn, beta=FOCAL_BETA)
+    if args.loss == "huber":
+        return functools.partial(loss_fn, beta=args.huber_beta)
+    return loss_fn
+
+
+def train_weights(args, scores) -> np.ndarray:
+    """Per-pair train weights (--reweight, --lds) over --bucket_num score bins, as published."""
+    return label_weights(scores, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
+                         label_kind="stsb", stsb_num_bins=args.bucket_num, integer_smoothing=args.published_quirks)
 
 
 def make_optimizer(model, args):
@@ -376,9 +416,8 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
     val_loader = eval_loader(datasets_["val"], ctx)
     fds_loader = eval_loader(train_set, ctx)
     fds_gather_fn = fds_gather(fds_loader.sampler, len(train_set)) if ctx.distributed and args.fds else None
-    loss_fn = get_loss(args.loss)
-    if args.loss == "huber":
-        loss_fn = functools.partial(loss_fn, beta=args.huber_beta)
+    loss_fn = stsb_loss(args)
+    loss_limit = exploding_loss_limit(args.published_quirks)
     gathered = None
     if ctx.distributed and args.regularization_weight > 0:
         gathered = GatheredRankSim(args.regularization_weight, args.interpolation_lambda, device, args.random_seed)
@@ -399,7 +438,7 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
             share = len(indices) * ctx.world_size / len(global_batch) if ctx.distributed else None
             step_regularizer = regularizer if gathered is None else functools.partial(gathered, sizes=sizes)
             loss, reg = train_step(model, batch, optimizer, loss_fn, step_regularizer, device, progress.epoch,
-                                   args.max_grad_norm, options, share)
+                                   args.max_grad_norm, options, share, loss_limit)
             progress.iteration += 1
             progress.batch_in_epoch += 1
             loss_sum, reg_sum = loss_sum + loss, reg_sum + reg
@@ -453,10 +492,15 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
 def build_model(args, vocab, embeddings: Optional[torch.Tensor], fds: bool) -> STSBModel:
     return STSBModel(
         len(vocab), d_word=args.d_word, d_hid=args.d_hid, n_layers=args.n_layers_enc, dropout=args.dropout,
-        fds=fds, return_features=args.regularization_weight > 0, train_words=bool(args.train_words),
+        fds=fds, return_features=args.regularization_weight > 0, train_words=embeddings_trainable(args),
         embeddings=embeddings, start_update=args.start_update, start_smooth=args.start_smooth,
         kernel=args.fds_kernel, ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt,
         bucket_num=args.bucket_num, bucket_start=args.bucket_start)
+
+
+def embeddings_trainable(args) -> bool:
+    """--train_words 1 fine-tunes GloVe; random embeddings (--glove 0) are always trained, as published."""
+    return bool(args.train_words) or not args.glove
 
 
 def initial_embeddings(args, vocab, logger) -> torch.Tensor:
@@ -475,13 +519,15 @@ def check_checkpoint_fits(args, vocab, checkpoint: dict, source: str) -> None:
     """UserError listing the keys when ``checkpoint`` does not fit the model the flags describe (e.g.
     another --d_hid), raised before a run directory is made. It compares names and shapes against a
     skeleton of the model on the meta device (no memory, no random draws), with the rules run() loads by:
-    --resume everything; --evaluate all but the FDS buffers; --retrain_fc all but the head."""
+    --resume everything; --evaluate all but the FDS buffers; --retrain_fc the encoder only (not the
+    head, not the FDS buffers)."""
     use_fds = args.fds and not args.evaluate
     with torch.device("meta"):
         skeleton = build_model(args, vocab, None, use_fds)
     head_key = HEAD_NAME + "."
     retrain = args.retrain_fc and not args.resume
-    load_model_state(skeleton, state_dict_of(checkpoint, source), ignore_fds=not use_fds and not args.resume,
+    ignore_fds = (not use_fds or retrain) and not args.resume
+    load_model_state(skeleton, state_dict_of(checkpoint, source), ignore_fds=ignore_fds,
                      skip=(lambda key: key.startswith(head_key)) if retrain else None, source=source,
                      check_only=True)
 
@@ -517,8 +563,7 @@ def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
 
     splits = load_splits(args.data_dir, args.max_seq_len)  # UserError for missing/bad files first
     vocab = build_vocab(splits, args.max_word_v_size)
-    weights = label_weights(splits["train"].scores, args.reweight, args.lds, args.lds_kernel, args.lds_ks,
-                            args.lds_sigma, label_kind="stsb")
+    weights = train_weights(args, splits["train"].scores)
     datasets_ = {"train": PairDataset(splits["train"], vocab, weights),
                  "val": PairDataset(splits["val"], vocab), "test": PairDataset(splits["test"], vocab)}
 
@@ -574,11 +619,13 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
 
     head_key = HEAD_NAME + "."
     if args.evaluate or (args.retrain_fc and not args.resume):
-        load_model_state(model, state_dict_of(checkpoint, source), ignore_fds=not use_fds, source=source,
-                         skip=(lambda key: key.startswith(head_key)) if args.retrain_fc else None)
+        # RRT stage 2 takes only the encoder, as published: a fresh head and, with --fds, fresh FDS
+        # statistics (the stage-1 epoch counter would otherwise freeze them for all of stage 2).
+        load_model_state(model, state_dict_of(checkpoint, source), ignore_fds=not use_fds or args.retrain_fc,
+                         source=source, skip=(lambda key: key.startswith(head_key)) if args.retrain_fc else None)
     if args.retrain_fc:
         freeze_all_but_head(model, head_prefix=head_key)
-        logger.info(f"RRT: encoder{' and FDS statistics' if args.fds else ''} from {source}; "
+        logger.info(f"RRT: encoder from {source}{'; FDS statistics start afresh' if args.fds else ''}; "
                     f"training only {HEAD_NAME}")
     optimizer = make_optimizer(model, args)
     progress = Progress()

@@ -370,3 +370,45 @@ def test_unreadable_image_in_a_loader_worker_is_one_line(data, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {victim}: cannot read image")
+
+
+@pytest.fixture(scope="module")
+def skewed_data(tmp_path_factory):
+    """Train ages with bins above the clip minimum of 5, so INV+LDS weights are not all equal."""
+    root = tmp_path_factory.mktemp("skewed_ages")
+    make_synthetic_age_dataset(root, n_val=16, n_test=16, img_size=IMG, seed=0,
+                               train_ages=[30] * 20 + [31] * 9 + [33] * 7 + [50, 60, 70])
+    return root
+
+
+@pytest.mark.parametrize("quirk", [False, True])
+def test_published_quirks_flag_reaches_weights_loss_and_limit(skewed_data, store, monkeypatch, quirk):
+    """--published_quirks switches the INV+LDS weights to integer smoothing, the Huber loss to the
+    published positional call and the divergence limit to 1e6 (each pinned in test_published_quirks)."""
+    import ranksim.age_train as age_train
+    from ranksim.weighting import label_weights
+
+    seen = {}
+    real_train_one_epoch = age_train.train_one_epoch
+
+    def spy(model, loader, optimizer, loss_fn, *args, **kwargs):
+        seen.update(loader=loader, loss_fn=loss_fn, loss_limit=kwargs["loss_limit"])
+        return real_train_one_epoch(model, loader, optimizer, loss_fn, *args, **kwargs)
+
+    monkeypatch.setattr(age_train, "train_one_epoch", spy)
+    name = f"quirks_{quirk}"
+    results = main(common_args(skewed_data, store, name, epochs=1) + ["--reweight", "inverse", "--lds", "--loss", "huber"]
+                   + (["--published_quirks"] if quirk else []), AGEDB_DEFAULTS, AgeDB)
+    assert results["args"]["published_quirks"] is quirk
+    assert seen["loss_limit"] == (1e6 if quirk else 1e8)
+    train_set = seen["loader"].dataset
+    labels = train_set.labels
+    for smoothing in (False, True):  # the two weightings differ on these labels; the flag picks one
+        expected = label_weights(labels, "inverse", True, "gaussian", 9, 1.0, label_kind="age",
+                                 integer_smoothing=smoothing)
+        assert np.array_equal(train_set.weights, expected) == (smoothing is quirk)
+    pred, target = torch.tensor([[0.0], [0.0]]), torch.tensor([[0.3], [3.0]])
+    weights = torch.tensor([[0.5], [2.0]])
+    # published: thresholds 0.5 and 2, unweighted mean; ours: beta 1, weighted mean (hand-computed)
+    expected = (0.5 * 0.09 / 0.5 + (3.0 - 1.0)) / 2 if quirk else (0.5 * 0.5 * 0.09 + 2.0 * 2.5) / 2
+    assert seen["loss_fn"](pred, target, weights).item() == pytest.approx(expected, rel=1e-6)

@@ -4,6 +4,7 @@ cache, the published state_dict keys, padding masking, shot groups and the early
 Everything here runs in-process on tiny hand-built inputs (no downloads, no NLTK data).
 """
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,7 @@ def test_glove_matrix_tokens_with_spaces_unknown_words_and_padding(tmp_path):
         (",", [0.5, -1.0, 2.0]),
         ("new york", [1.0, 2.0, 3.0]),     # a token with a space: the last 3 fields are the vector
         ("cat", [4.0, 5.0, 6.0]),
-        ("cat", [9.0, 9.0, 9.0]),          # duplicate: the first occurrence wins
+        ("cat", [9.0, 9.0, 9.0]),          # duplicate: the last occurrence wins (as published)
         ("dog", [7.0, 8.0, 9.0]),          # not in the vocabulary
         (". . .", [-1.0, -2.0, -3.0]),
     ])
@@ -174,7 +175,7 @@ def test_glove_matrix_tokens_with_spaces_unknown_words_and_padding(tmp_path):
     matrix, found = stsb_data.load_glove_matrix(glove, vocab, d_word=3, seed=7, log=lambda m: None)
     assert matrix.dtype == torch.float32 and matrix.shape == (7, 3) and found == 4
     assert matrix[0].tolist() == [0.0, 0.0, 0.0]
-    assert matrix[2].tolist() == [4.0, 5.0, 6.0] and matrix[3].tolist() == [1.0, 2.0, 3.0]
+    assert matrix[2].tolist() == [9.0, 9.0, 9.0] and matrix[3].tolist() == [1.0, 2.0, 3.0]
     assert matrix[5].tolist() == [0.5, -1.0, 2.0] and matrix[6].tolist() == [-1.0, -2.0, -3.0]
     # unknown entry and a word GloVe lacks: N(0, 1) rows from numpy's generator seeded with the seed
     normal = np.random.default_rng(7).standard_normal((7, 3)).astype(np.float32)
@@ -208,6 +209,46 @@ def test_glove_with_other_vector_length_is_a_user_error(tmp_path):
     short.write_text("a 1 2 3\nb 1 2 3\nc 1 2\n")
     with pytest.raises(UserError, match=r"short.txt, line 3: 2 numbers, expected a token and 3"):
         stsb_data.load_glove_matrix(short, ["@@PADDING@@", "@@UNKNOWN@@", "a"], 3, seed=0, log=lambda m: None)
+
+
+GLOVE_VOCAB = ["@@PADDING@@", "@@UNKNOWN@@", "cat", "dog"]
+
+
+def read_tiny_glove(path, text, d_word=3):
+    path.write_text(text, encoding="utf-8")
+    return stsb_data.load_glove_matrix(path, GLOVE_VOCAB, d_word, seed=0, use_cache=False, log=lambda m: None)
+
+
+def test_glove_duplicates_last_line_wins_and_trailing_spaces_are_ignored(tmp_path):
+    matrix, found = read_tiny_glove(tmp_path / "g.txt", "cat 1 2 3\ndog 4 5 6 \nx y 0 0 0\ncat 7 8 9\r\n")
+    assert found == 2
+    assert matrix[2].tolist() == [7.0, 8.0, 9.0] and matrix[3].tolist() == [4.0, 5.0, 6.0]
+
+
+@pytest.mark.parametrize("bad_line,message", [
+    # one number too many: the token would be "dog 4" -> refused, not read as a new word
+    ("dog 4 5 6 7", r"line 2: 5 fields and the field before the last 3 is the number '4', so the line holds "
+                    r"one number too many"),
+    ("dog 4 x 6", r"line 2: the last 3 fields are not all numbers"),
+    ("dog 4 5", r"line 2: 2 numbers, expected a token and 3"),
+    ("dog 4  6", r"line 2: the last 3 fields are not all numbers"),  # a doubled space leaves an empty field
+])
+def test_malformed_glove_line_is_a_one_line_error_naming_file_and_line(tmp_path, bad_line, message):
+    path = tmp_path / "g.txt"
+    # the bad line's token need not be in the vocabulary: the whole file is checked
+    for token in ("dog", "zebra"):
+        with pytest.raises(UserError, match=re.escape(str(path)) + ", " + message.replace("dog", token)) as err:
+            read_tiny_glove(path, f"cat 1 2 3\n{bad_line.replace('dog', token)}\ncat 1 2 3\ncat 1 2 3\n")
+        assert "\n" not in str(err.value) and "download_glove.py" in str(err.value)
+
+
+def test_glove_cache_of_older_reading_rules_is_not_reused(tmp_path, monkeypatch):
+    glove = write_glove(tmp_path / "glove.txt", [("cat", [1.0, 2.0, 3.0])])
+    stsb_data.load_glove_matrix(glove, GLOVE_VOCAB, 3, seed=0, log=lambda m: None)
+    monkeypatch.setattr(stsb_data, "GLOVE_READ_RULES", stsb_data.GLOVE_READ_RULES + 1)
+    logs = []
+    stsb_data.load_glove_matrix(glove, GLOVE_VOCAB, 3, seed=0, log=logs.append)
+    assert any("reading" in line for line in logs) and not any("from the cache" in line for line in logs)
 
 
 def test_missing_glove_says_how_to_get_it(tmp_path):

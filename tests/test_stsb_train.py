@@ -168,6 +168,24 @@ def test_rrt_retrains_only_the_head(vanilla, data):
             assert torch.equal(before[key], after[key]), key
 
 
+def test_rrt_with_fds_takes_only_the_encoder_and_starts_fds_afresh(data):
+    """RRT stage 2 as published: encoder from stage 1; head and FDS statistics new."""
+    train(data, "fds_stage1", "--fds", max_vals=1)  # 10 iterations: one finished epoch (8 batches)
+    stage1 = data["runs"] / "fds_stage1" / "ckpt.best.pth.tar"
+    before = torch.load(stage1, weights_only=True)["state_dict"]
+    assert float(before["FDS.num_samples_tracked"].sum()) == 120
+    train(data, "fds_rrt", "--retrain_fc", "--pretrained", str(stage1), "--reweight", "inverse", "--fds")
+    after = torch.load(data["runs"] / "fds_rrt" / "ckpt.pth.tar", weights_only=True)["state_dict"]
+    # 30 iterations = 3 finished epochs of 120 pairs: a fresh FDS tracked exactly those (the stage-1
+    # buffers would add their 120) and its epoch counter advanced twice
+    assert float(after["FDS.num_samples_tracked"].sum()) == 3 * 120
+    assert float(after["FDS.epoch"][0]) == 2.0
+    for key in before:
+        if key.startswith("pair_encoder."):
+            assert torch.equal(before[key], after[key]), key
+    assert "FDS statistics start afresh" in (data["runs"] / "fds_rrt" / "training.log").read_text()
+
+
 def test_resume_continues_exactly(data):
     """An interrupted run (simulated: a finished 2-check run's directory without results.json) resumed
     to 4 checks equals a 4-check run without interruption, with FDS, RankSim and dropout on."""
@@ -187,6 +205,13 @@ def test_resume_continues_exactly(data):
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0)
     assert resumed["metrics"] == straight["metrics"]
+    # the published form: a bare --resume continues the run named by --store_name
+    by_name = data["runs"] / "interrupted_by_name"
+    shutil.copytree(data["runs"] / "first_half", by_name)
+    (by_name / "results.json").unlink()
+    resumed_by_name = stsb_train.main(base_args(data, "interrupted_by_name", 4) + ["--resume"] + flags)
+    assert f"resumed from {by_name / 'ckpt.pth.tar'}" in (by_name / "training.log").read_text()
+    assert resumed_by_name["metrics"] == straight["metrics"]
 
 
 def test_resuming_a_finished_run_never_touches_it(vanilla, data):
