@@ -190,18 +190,18 @@ def command_settings(bench: Benchmark, row: Row, extra: Sequence[str], seed: Opt
     return settings
 
 
-def settings_differences(expected: Dict[str, object], args: dict) -> List[str]:
+def settings_differences(expected: Dict[str, object], args: dict, reference: str = "command") -> List[str]:
     """'name=recorded (command: value)' for every expected setting the run does not have, and every
-    switch the run had on that the command does not set."""
+    switch the run had on that the command does not set (``reference`` names where ``expected`` is from)."""
     out = []
     for name, value in expected.items():
         if name not in args:
-            out.append(f"{name} not recorded (command: {value})")
+            out.append(f"{name} not recorded ({reference}: {value})")
         elif not same_value(args[name], value):
-            out.append(f"{name}={args[name]} (command: {value})")
+            out.append(f"{name}={args[name]} ({reference}: {value})")
     for name, value in args.items():
         if value is True and name not in expected and name not in NOT_SETTINGS:
-            out.append(f"{name}=True (command: off)")
+            out.append(f"{name}=True ({reference}: off)")
     return out
 
 
@@ -300,7 +300,8 @@ def comparable_runs(bench: Benchmark, row: Row, runs_of_row: List[Tuple[Path, di
     notes = []
     for path, results in runs_of_row:
         args = results.get("args") or {}
-        differences = settings_differences(reference, {k: v for k, v in args.items() if k not in ignored})
+        differences = settings_differences(reference, {k: v for k, v in args.items() if k not in ignored},
+                                           "newest run")
         if differences:
             notes.append(f"{row.name}: {shown_path(path)} left out, its settings differ from the newest run's: "
                          f"{', '.join(differences)}")
