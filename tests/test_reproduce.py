@@ -120,7 +120,7 @@ def test_paper_hyperparameters_of_the_rows():
     assert stsb["RRT"].flags == ("--retrain_fc", "--reweight", "inverse")
 
 
-def test_published_numbers_belong_to_existing_rows_and_match_spec():
+def test_published_numbers_belong_to_existing_rows():
     for dataset, rows in PUBLISHED.items():
         names = {r.name for r in ROWS[dataset]}
         assert set(rows) <= names, set(rows) - names
@@ -292,6 +292,7 @@ def test_run_trains_stage1_then_rrt_from_its_best_checkpoint(real_runs):
     assert re.search(r"\[run\] vanilla: .*agedb-dir/train.py .*--store_name vanilla --batch_size 256 --lr 1e-3 --epoch 1", proc.stdout)
     stage2 = json.loads((runs / "rrt" / "results.json").read_text())
     assert stage2["args"]["retrain_fc"] is True and stage2["args"]["reweight"] == "sqrt_inv"
+    assert stage2["args"]["seed"] == 0  # results.json records the seed (train.py's default here)
     assert Path(stage2["args"]["pretrained"]).resolve() == (runs / "vanilla" / "ckpt.best.pth.tar").resolve()
     # ckpt subcommand finds the same file
     ckpt = reproduce("ckpt", "--dataset", "agedb", "--runs", runs, "--row", "vanilla").stdout.strip()
@@ -339,6 +340,7 @@ def test_paper_defaults_are_the_train_programs_defaults(dataset):
     for name, value in bench.default_args.items():
         assert defaults[name] == value, (name, defaults[name], value)
     assert defaults["regularization_weight"] == 0 and defaults.get("reweight") == "none"
+    assert defaults[bench.seed_arg] == bench.default_seed  # the seed a run without --seeds records
     for flag in ("--regularization_weight", "--interpolation_lambda", "--reweight", "--lds", "--fds", "--loss",
                  "--retrain_fc", "--pretrained", "--store_root", "--store_name", "--data_dir"):
         assert flag.lstrip("-") in defaults, flag
