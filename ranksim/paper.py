@@ -3,7 +3,8 @@
 RankSim (Gong, Mori, Tung, ICML 2022) reports, for AgeDB-DIR, IMDB-WIKI-DIR and STS-B-DIR, the
 baselines of Yang et al. (ICML 2021) each with and without RankSim. `reproduce.py` turns these rows
 into train.py command lines and collects the resulting ``results.json`` files into tables laid out
-like the paper's, with the published numbers (SPEC §9) beside ours.
+like the paper's, with the published numbers (the paper, the RankSim README and Yang et al.'s tables
+as reprinted by later papers) beside ours.
 
 Row set (per benchmark, each with and without RankSim, 28 rows):
   Vanilla, FDS                      (no re-weighting)
@@ -11,13 +12,25 @@ Row set (per benchmark, each with and without RankSim, 28 rows):
   Focal-R, +LDS, +FDS, +LDS+FDS     (focal version of the benchmark's default loss)
   RRT, +LDS, +FDS, +LDS+FDS         (two stages, see below)
 
-Decisions (documented here because they are choices, not published facts):
-- Only the flags that define a row are passed; kernel sizes, FDS buckets, epochs etc. stay at the
-  train.py defaults, which are the published defaults (SPEC §7, §8).
-- RankSim rows add the paper's RankSim settings (SPEC §1.6): age data gamma=100, lambda=2, batch 64,
-  lr 2.5e-4; STS-B gamma=3e-4, lambda=2 (batch 16 and lr 2.5e-4 are already the STS-B defaults).
-  Rows without RankSim use Yang et al.'s defaults (batch 256, lr 1e-3 on the age data), because the
-  paper's baseline numbers are Yang et al.'s.
+Flags: every row carries the flags of the command the published RankSim README gives for it
+(BorealisAI/ranksim-imbalanced-regression, commit 9e1c862; the commands are kept as a test fixture,
+tests/fixtures/published_commands.json). Rows the README gives no command for combine the flags of
+their parts, as the README does for its own combinations:
+- LDS and FDS always with their kernel spelled out: gaussian, ks 5, sigma 2 (the train.py defaults of
+  the age data would otherwise give ks 9, sigma 1).
+- AgeDB-DIR RankSim rows: gamma=100, lambda=2, batch 64, lr 2.5e-4; IMDB-WIKI-DIR RankSim rows:
+  gamma=100, lambda=2, batch 256, lr 1e-3 (the IMDB-WIKI README uses these for every RankSim row);
+  rows without RankSim on the age data: batch 256, lr 1e-3. STS-B RankSim rows: gamma=3e-4, lambda=2
+  (batch 16 and lr 2.5e-4 are the STS-B defaults); STS-B Vanilla spells out ``--reweight none``.
+- STS-B Focal-R+RankSim re-weights: the README's command is ``--loss focal_mse --reweight inverse``
+  plus RankSim, so the Focal-R+...+RankSim rows of STS-B carry ``--reweight inverse``; STS-B's
+  Focal-R rows without RankSim (Yang et al.'s) do not.
+- ``--published_quirks`` (PUBLISHED_QUIRKS_FLAG) is added where the published code's quirks change
+  the result: rows with ``--reweight inverse --lds`` (integer-truncated smoothed counts) and age rows
+  with a focal or Huber loss (weights passed into the wrong parameter), so that `reproduce.py run`
+  reproduces what produced the paper's numbers.
+
+Decisions (choices, not published facts):
 - Focal-R is ``--loss focal_l1`` on the age data (default loss l1) and ``--loss focal_mse`` on STS-B
   (default loss mse): the focal version of each benchmark's own loss. ``+LDS`` adds the LDS weights
   (``--reweight sqrt_inv|inverse --lds``), as in the cost-sensitive group.
@@ -28,15 +41,18 @@ Decisions (documented here because they are choices, not published facts):
   flags change nothing there; they are passed so that the run's results.json says which row it is.
 - The plain "FDS" row (``--fds`` without re-weighting) is the published README's "FDS" command; the
   STS-B number published as "FDS+RankSim" is attached to it.
-- SPEC §9's "RankSim row reprinted by later papers" (combination believed SQINV+FDS+RankSim) is
-  attached to SQINV+FDS+RankSim (INV+FDS+RankSim on STS-B) and marked ``believed=True``; on AgeDB-DIR
-  its few-shot MAE 9.68 equals the README's SQINV+FDS+RankSim number, elsewhere it is unconfirmed.
+- The "RankSim row reprinted by later papers" (combination believed SQINV+FDS+RankSim) is attached
+  to SQINV+FDS+RankSim (INV+FDS+RankSim on STS-B) and marked ``believed=True``; on AgeDB-DIR its
+  few-shot MAE 9.68 equals the README's SQINV+FDS+RankSim number, elsewhere it is unconfirmed.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 GROUPS = ("many", "medium", "few")
 ALL_GROUPS = ("all",) + GROUPS
+
+# The train.py switch that turns on the published code's quirks (see the module docstring).
+PUBLISHED_QUIRKS_FLAG = "--published_quirks"
 
 
 @dataclass(frozen=True)
@@ -52,26 +68,41 @@ class Benchmark:
     focal_loss: str           # Focal-R's --loss
     ranksim_flags: Tuple[str, ...]   # what RankSim rows add
     metrics: Tuple[str, str]  # (error metric, second metric) of the tables: ("mae", "gmean") | ("mse", "pearson")
+    seed_arg: str             # the args key train.py records its seed under (set with --seed)
+    default_seed: int         # train.py's default seed
+    baseline_flags: Tuple[str, ...] = ()        # what rows without RankSim add
+    vanilla_flags: Tuple[str, ...] = ()         # what the published Vanilla command spells out
+    focal_ranksim_flags: Tuple[str, ...] = ()   # what the published Focal-R+RankSim command adds
+    quirk_losses: Tuple[str, ...] = ()          # losses whose published handling needs --published_quirks
     default_args: Dict[str, object] = field(default_factory=dict)  # published train.py defaults that rows rely on
     # Files train.py finds relative to ITS folder by default; reproduce.py runs from the repository root.
     path_flags: Tuple[str, ...] = ()
+    # How a checkpoint is evaluated: "resume" (age: --evaluate --resume FILE), "eval_model" (STS-B).
+    evaluate_style: str = "resume"
 
 
-AGE_RANKSIM = ("--regularization_weight", "100", "--interpolation_lambda", "2",
-               "--batch_size", "64", "--lr", "2.5e-4")
+LDS_KERNEL = ("--lds_kernel", "gaussian", "--lds_ks", "5", "--lds_sigma", "2")
+FDS_FLAGS = ("--fds", "--fds_kernel", "gaussian", "--fds_ks", "5", "--fds_sigma", "2")
+AGE_BASELINE = ("--batch_size", "256", "--lr", "1e-3")
+AGE_RANKSIM_LOSS = ("--regularization_weight", "100", "--interpolation_lambda", "2")
+AGE_QUIRK_LOSSES = ("focal_l1", "focal_mse", "huber")
 
 BENCHMARKS: Dict[str, Benchmark] = {
     "agedb": Benchmark(
         name="agedb", title="AgeDB-DIR", folder="agedb-dir", data_dir="agedb-dir/data",
-        reweight="sqrt_inv", reweight_title="SQINV", focal_loss="focal_l1", ranksim_flags=AGE_RANKSIM,
-        metrics=("mae", "gmean"),
+        reweight="sqrt_inv", reweight_title="SQINV", focal_loss="focal_l1",
+        ranksim_flags=AGE_RANKSIM_LOSS + ("--batch_size", "64", "--lr", "2.5e-4"),
+        metrics=("mae", "gmean"), seed_arg="seed", default_seed=0, baseline_flags=AGE_BASELINE,
+        quirk_losses=AGE_QUIRK_LOSSES,
         default_args={"model": "resnet50", "img_size": 224, "batch_size": 256, "lr": 1e-3, "loss": "l1",
                       "optimizer": "adam", "epoch": 120},
     ),
     "imdb_wiki": Benchmark(
         name="imdb_wiki", title="IMDB-WIKI-DIR", folder="imdb-wiki-dir", data_dir="imdb-wiki-dir/data",
-        reweight="sqrt_inv", reweight_title="SQINV", focal_loss="focal_l1", ranksim_flags=AGE_RANKSIM,
-        metrics=("mae", "gmean"),
+        reweight="sqrt_inv", reweight_title="SQINV", focal_loss="focal_l1",
+        ranksim_flags=AGE_RANKSIM_LOSS + AGE_BASELINE,
+        metrics=("mae", "gmean"), seed_arg="seed", default_seed=0, baseline_flags=AGE_BASELINE,
+        quirk_losses=AGE_QUIRK_LOSSES,
         default_args={"model": "resnet50", "img_size": 224, "batch_size": 256, "lr": 1e-3, "loss": "l1",
                       "optimizer": "adam", "epoch": 90},
     ),
@@ -79,9 +110,11 @@ BENCHMARKS: Dict[str, Benchmark] = {
         name="sts-b", title="STS-B-DIR", folder="sts-b-dir", data_dir="sts-b-dir/glue_data/STS-B",
         reweight="inverse", reweight_title="INV", focal_loss="focal_mse",
         ranksim_flags=("--regularization_weight", "3e-4", "--interpolation_lambda", "2"),
-        metrics=("mse", "pearson"),
+        metrics=("mse", "pearson"), seed_arg="random_seed", default_seed=111,
+        vanilla_flags=("--reweight", "none"), focal_ranksim_flags=("--reweight", "inverse"),
         default_args={"batch_size": 16, "lr": 2.5e-4, "loss": "mse", "optimizer": "adam"},
         path_flags=("--word_embs_file", "sts-b-dir/glove/glove.840B.300d.txt"),
+        evaluate_style="eval_model",
     ),
 }
 
@@ -128,29 +161,42 @@ def run_identity(args: Dict[str, object], benchmark: Benchmark) -> Tuple[Tuple[s
     )
 
 
-def _flags_to_args(flags: Tuple[str, ...], benchmark: Benchmark) -> Dict[str, object]:
-    """Parse a row's flag tuple into the args dict train.py would record (only the flags we use)."""
+def flags_to_args(flags: Sequence[str], benchmark: Optional[Benchmark] = None) -> Dict[str, object]:
+    """Parse train.py flags into {name: value} as strings: ``--x v`` and ``--x=v`` give "v", a switch
+    gives True, a flag followed by several values (``--schedule 60 80``) gives a list of strings.
+    With ``benchmark``, a missing ``loss`` takes the benchmark's default loss."""
     args: Dict[str, object] = {}
     i = 0
     while i < len(flags):
-        name = flags[i].lstrip("-")
-        takes_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
-        if takes_value:
-            value: object = flags[i + 1]
-            i += 2
-        else:
-            value = True
+        token = flags[i]
+        if not token.startswith("--"):
+            raise ValueError(f"flag expected, got {token!r} in {' '.join(flags)}")
+        name, eq, inline = token[2:].partition("=")
+        i += 1
+        if eq:
+            args[name] = inline
+            continue
+        values = []
+        while i < len(flags) and not flags[i].startswith("--"):
+            values.append(flags[i])
             i += 1
-        args[name] = value
-    args.setdefault("loss", benchmark.default_args.get("loss"))
+        args[name] = True if not values else values[0] if len(values) == 1 else values
+    if benchmark is not None:
+        args.setdefault("loss", benchmark.default_args.get("loss"))
     return args
+
+
+def needs_published_quirks(flags: Sequence[str], benchmark: Benchmark) -> bool:
+    """Whether a row with ``flags`` is affected by the published code's quirks (module docstring)."""
+    args = flags_to_args(flags, benchmark)
+    return bool((args.get("reweight") == "inverse" and args.get("lds")) or args.get("loss") in benchmark.quirk_losses)
 
 
 def build_rows(benchmark: Benchmark) -> List[Row]:
     """All rows of ``benchmark``'s table, in the paper's order (each baseline then its +RankSim)."""
     rw = ("--reweight", benchmark.reweight)
-    lds = rw + ("--lds",)
-    fds = ("--fds",)
+    lds = rw + ("--lds",) + LDS_KERNEL
+    fds = FDS_FLAGS
     focal = ("--loss", benchmark.focal_loss)
     t = benchmark.reweight_title
     # (group, key, name, flags, stage-1 key or None)
@@ -173,7 +219,14 @@ def build_rows(benchmark: Benchmark) -> List[Row]:
     rows = []
     for group, key, name, flags, stage1 in bases:
         for with_ranksim in (False, True):
-            row_flags = flags + (benchmark.ranksim_flags if with_ranksim else ())
+            row_flags = flags
+            if key == "vanilla" and not with_ranksim:
+                row_flags = benchmark.vanilla_flags
+            if with_ranksim and group == "Focal-R" and "--reweight" not in flags:
+                row_flags += benchmark.focal_ranksim_flags
+            row_flags += benchmark.ranksim_flags if with_ranksim else benchmark.baseline_flags
+            if needs_published_quirks(row_flags, benchmark):
+                row_flags += (PUBLISHED_QUIRKS_FLAG,)
             rows.append(Row(
                 key=f"{key}-ranksim" if with_ranksim else key,
                 name=f"{name}+RankSim" if with_ranksim else name,
@@ -181,14 +234,14 @@ def build_rows(benchmark: Benchmark) -> List[Row]:
                 flags=row_flags,
                 stage1=None if stage1 is None else (f"{stage1}-ranksim" if with_ranksim else stage1),
                 ranksim=with_ranksim,
-                identity=run_identity(_flags_to_args(row_flags, benchmark), benchmark),
+                identity=run_identity(flags_to_args(row_flags, benchmark), benchmark),
             ))
     return rows
 
 
 ROWS: Dict[str, List[Row]] = {name: build_rows(b) for name, b in BENCHMARKS.items()}
 
-# Published test-split numbers (SPEC §9). PUBLISHED[dataset][row name][metric][group] = value.
+# Published test-split numbers (the RankSim README; Yang et al.'s tables as reprinted by later papers). PUBLISHED[dataset][row name][metric][group] = value.
 # Metrics: "mae", "gmean" (age data), "mse", "pearson" (STS-B; Pearson x100 as printed in the paper).
 # BELIEVED marks rows whose attribution is "believed", not confirmed (see the module docstring).
 
@@ -244,3 +297,59 @@ BELIEVED = {("agedb", "SQINV+FDS+RankSim"), ("imdb_wiki", "SQINV+FDS+RankSim"), 
 def published(dataset: str, row_name: str, metric: str, group: str) -> Optional[float]:
     """The published value of ``metric`` for ``group`` of row ``row_name``, or None when not published."""
     return PUBLISHED.get(dataset, {}).get(row_name, {}).get(metric, {}).get(group)
+
+
+# ----------------------------------------------------------------------------- released checkpoints
+
+@dataclass(frozen=True)
+class ReleasedCheckpoint:
+    """A checkpoint the RankSim authors released (Google Drive) with the figures their README states
+    for it: ``figures`` are (metric, group) pairs whose values are in PUBLISHED."""
+
+    dataset: str
+    row: str                              # row name, as in ROWS
+    figures: Tuple[Tuple[str, str], ...]
+    drive_id: str
+
+
+RELEASED: List[ReleasedCheckpoint] = [
+    ReleasedCheckpoint("agedb", "SQINV+RankSim", (("mae", "all"),), "1NLCGNDA5vToe-MdOqokVYtUcJhGudIZe"),
+    ReleasedCheckpoint("agedb", "SQINV+FDS+RankSim", (("mae", "few"),), "1-3S2itLDkXhaLgJ9JvhqvTV-mNvLOMT6"),
+    ReleasedCheckpoint("agedb", "Focal-R+LDS+FDS+RankSim", (("mae", "many"),), "1vH_0NZE66DIiTSnsF2PGehD2AUJZ72uB"),
+    ReleasedCheckpoint("agedb", "Focal-R+FDS+RankSim", (("gmean", "medium"),), "1XeU-60RRLwpkolZRG45zsaLDG2fBwlwS"),
+    ReleasedCheckpoint("agedb", "RRT+LDS+RankSim", (("mae", "medium"),), "10kbUoJ7mT9KTiD_3nSnYL3Lrr6lyDNY6"),
+    ReleasedCheckpoint("imdb_wiki", "Focal-R+LDS+FDS+RankSim", (("mae", "all"),), "1gEwrnsaO1A4I-e50NTW5fOnUSy3cnrx5"),
+    ReleasedCheckpoint("imdb_wiki", "RRT+FDS+RankSim", (("mae", "all"),), "1bKAP64Mx64HGasBzac4lSYcda6DuYIe7"),
+    ReleasedCheckpoint("imdb_wiki", "SQINV+RankSim", (("mae", "all"),), "1U1o2dXIXTLzyGAS10vtCtAW7DoXtT9FM"),
+    ReleasedCheckpoint("imdb_wiki", "SQINV+LDS+FDS+RankSim", (("mae", "all"), ("mae", "few")),
+                       "1R8v__UELcHO2zKP6dxF0aKxG2L266hy0"),
+    ReleasedCheckpoint("sts-b", "Vanilla+RankSim", (("mse", "medium"), ("pearson", "medium")),
+                       "1YfrRxSIlgQPFDtGodhcUfIjp-laSqm20"),
+    ReleasedCheckpoint("sts-b", "RRT+RankSim", (("mse", "all"), ("pearson", "all"), ("mse", "few"), ("pearson", "few")),
+                       "1x-M8VhwCVvFvu36f_VwGn_UDzZOEPUjF"),
+    ReleasedCheckpoint("sts-b", "FDS+RankSim", (("mse", "medium"),), "1vjcIs2gXhQUidnLxgsCL0RoA59bklCTN"),
+    ReleasedCheckpoint("sts-b", "INV+LDS+RankSim", (("mse", "all"), ("pearson", "all")),
+                       "12kVI2Mm5hcVXeBPikN9dBJkpPPrfHLmS"),
+]
+
+# evaluate-released: PASS when |ours - published| <= tolerance. The README prints MAE/GM with two
+# decimals, MSE with three and Pearson (x100) with one, so each tolerance is one unit of the last
+# printed digit for MAE/GM and Pearson, and two for MSE (whose third decimal moves with GPU kernels).
+RELEASED_TOLERANCE = {"mae": 0.01, "gmean": 0.01, "mse": 0.002, "pearson": 0.1}
+
+# Flags that define the model a checkpoint holds (FDS adds buffers and layers to it); evaluating a
+# released checkpoint needs them, the training-only flags (re-weighting, losses, RankSim) it does not.
+MODEL_FLAG_NAMES = ("fds", "fds_kernel", "fds_ks", "fds_sigma", "bucket_num", "bucket_start", "model", "img_size")
+
+
+def model_flags(flags: Sequence[str]) -> Tuple[str, ...]:
+    """The part of ``flags`` (a row's train.py flags) that defines the model, in their order."""
+    kept: List[str] = []
+    keep = False
+    for token in flags:
+        if token.startswith("--"):
+            keep = token[2:].partition("=")[0] in MODEL_FLAG_NAMES
+        if keep:
+            kept.append(token)
+    return tuple(kept)
+

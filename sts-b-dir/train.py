@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
       "<store_root>/<store_name>/ckpt.pth.tar")
     a("--store_root", default="checkpoint", help="folder of run directories")
     a("--store_name", default="", help="run directory name (default: derived from the settings)")
-    a("--random_seed", type=int, default=111)
+    a("--random_seed", "--seed", type=int, default=111, help="random seed (recorded as random_seed, the published name)")
     a("--gpu", type=int, default=None, help="CUDA device index (default: CUDA when available, else CPU)")
     a("--no_progress", action="store_true", help="no progress bars")
     a("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; fp16 with loss "

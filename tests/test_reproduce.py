@@ -100,20 +100,27 @@ def test_every_benchmark_has_the_paper_grid_with_and_without_ranksim(dataset):
 
 def test_paper_hyperparameters_of_the_rows():
     age = {r.name: r for r in ROWS["agedb"]}
-    assert age["SQINV+LDS+RankSim"].flags == ("--reweight", "sqrt_inv", "--lds", "--regularization_weight", "100",
-                                              "--interpolation_lambda", "2", "--batch_size", "64", "--lr", "2.5e-4")
-    assert age["Vanilla"].flags == ()
-    assert age["Focal-R+FDS"].flags == ("--loss", "focal_l1", "--fds")
-    assert age["RRT+LDS"].flags == ("--retrain_fc", "--reweight", "sqrt_inv", "--lds") and age["RRT+LDS"].stage1 == "vanilla"
+    assert age["SQINV+LDS+RankSim"].flags == (
+        "--reweight", "sqrt_inv", "--lds", "--lds_kernel", "gaussian", "--lds_ks", "5", "--lds_sigma", "2",
+        "--regularization_weight", "100", "--interpolation_lambda", "2", "--batch_size", "64", "--lr", "2.5e-4")
+    assert age["Vanilla"].flags == ("--batch_size", "256", "--lr", "1e-3")
+    assert age["Focal-R+FDS"].flags == ("--loss", "focal_l1", "--fds", "--fds_kernel", "gaussian", "--fds_ks", "5",
+                                        "--fds_sigma", "2", "--batch_size", "256", "--lr", "1e-3", "--published_quirks")
+    assert age["RRT+LDS"].stage1 == "vanilla" and age["RRT+LDS"].flags[:4] == ("--retrain_fc", "--reweight",
+                                                                                 "sqrt_inv", "--lds")
     assert age["RRT+FDS+RankSim"].stage1 == "fds-ranksim"
+    imdb = {r.name: r for r in ROWS["imdb_wiki"]}
+    assert imdb["SQINV+RankSim"].flags == ("--reweight", "sqrt_inv", "--regularization_weight", "100",
+                                           "--interpolation_lambda", "2", "--batch_size", "256", "--lr", "1e-3")
     stsb = {r.name: r for r in ROWS["sts-b"]}
-    assert stsb["INV+LDS+RankSim"].flags == ("--reweight", "inverse", "--lds", "--regularization_weight", "3e-4",
-                                             "--interpolation_lambda", "2")
+    assert stsb["INV+LDS+RankSim"].flags == ("--reweight", "inverse", "--lds", "--lds_kernel", "gaussian", "--lds_ks",
+                                             "5", "--lds_sigma", "2", "--regularization_weight", "3e-4",
+                                             "--interpolation_lambda", "2", "--published_quirks")
     assert stsb["Focal-R"].flags == ("--loss", "focal_mse")
     assert stsb["RRT"].flags == ("--retrain_fc", "--reweight", "inverse")
 
 
-def test_published_numbers_belong_to_existing_rows_and_match_spec():
+def test_published_numbers_belong_to_existing_rows():
     for dataset, rows in PUBLISHED.items():
         names = {r.name for r in ROWS[dataset]}
         assert set(rows) <= names, set(rows) - names
@@ -132,11 +139,13 @@ def test_list_prints_every_row_with_its_command():
     out = reproduce("list", "--dataset", "agedb").stdout
     assert out.count("python agedb-dir/train.py") == 28
     assert ("python agedb-dir/train.py --data_dir agedb-dir/data --store_root runs/agedb --store_name "
-            "sqinv-lds --reweight sqrt_inv --lds\n") in out
+            "sqinv-lds --reweight sqrt_inv --lds --lds_kernel gaussian --lds_ks 5 --lds_sigma 2 "
+            "--batch_size 256 --lr 1e-3\n") in out
     rrt = [line for line in out.splitlines() if "--store_name rrt-fds " in line]
     assert rrt == ["    ckpt=$(python reproduce.py ckpt --dataset agedb --runs runs/agedb --row fds) && "
                    "python agedb-dir/train.py --data_dir agedb-dir/data --store_root runs/agedb --store_name rrt-fds "
-                   "--retrain_fc --reweight sqrt_inv --fds --pretrained \"$ckpt\""]
+                   "--retrain_fc --reweight sqrt_inv --fds --fds_kernel gaussian --fds_ks 5 --fds_sigma 2 "
+                   "--batch_size 256 --lr 1e-3 --pretrained \"$ckpt\""]
     stsb = reproduce("list", "--dataset", "sts-b").stdout
     assert "--store_name vanilla-ranksim --word_embs_file sts-b-dir/glove/glove.840B.300d.txt " \
            "--regularization_weight 3e-4 --interpolation_lambda 2\n" in stsb
@@ -148,7 +157,7 @@ def test_run_dry_run_adds_rrt_stage1_and_passes_extra_args(tmp_path):
     lines = [line for line in out.splitlines() if line.startswith("[dry-run]")]
     assert len(lines) == 2
     assert lines[0].startswith("[dry-run] vanilla-ranksim: python imdb-wiki-dir/train.py ")
-    assert lines[0].endswith("--regularization_weight 100 --interpolation_lambda 2 --batch_size 64 --lr 2.5e-4 "
+    assert lines[0].endswith("--regularization_weight 100 --interpolation_lambda 2 --batch_size 256 --lr 1e-3 "
                              "--epoch 1")
     assert lines[1].startswith("[dry-run] rrt-ranksim: ")
     assert "--retrain_fc --reweight sqrt_inv" in lines[1] and "'<best checkpoint of row vanilla-ranksim>'" in lines[1]
@@ -186,7 +195,7 @@ def test_write_script_and_job_array(tmp_path):
     (("run", "--dataset", "agedb", "--rows", "vanila"), "--rows vanila: no such row for agedb"),
     (("table", "--dataset", "agedb", "--runs", "/nonexistent/runs"), "--runs /nonexistent/runs: no such directory"),
     (("ckpt", "--dataset", "agedb", "--runs", "{empty}", "--row", "vanilla"), "no finished run of row vanilla"),
-    (("table", "--dataset", "agedb", "--runs", "{empty}", "--", "--epoch", "1"), "only for list and run"),
+    (("table", "--dataset", "agedb", "--runs", "{empty}", "--", "--epoch", "1"), "only for list, run and evaluate-released"),
 ])
 def test_bad_input_gives_one_line_error(args, message, tmp_path):
     proc = reproduce(*[str(a).replace("{empty}", str(tmp_path)) for a in args], check=False)
@@ -218,11 +227,12 @@ def test_table_from_hand_written_results(tmp_path):
     md = proc.stdout
     lines = md.splitlines()
     vanilla = next(line for line in lines if line.startswith("| Vanilla |"))
-    assert vanilla == ("| Vanilla | 7.80 [7.77, +0.03] | 6.60 [6.62, -0.02] | 9.60 [9.55, +0.05] | "
-                       "13.00 [13.67, -0.67] | 5.00 [5.05, -0.05] | 4.20 [4.23, -0.03] | 7.00 [7.01, -0.01] | "
-                       "11.00 [10.75, +0.25] |")
+    assert vanilla == ("| Vanilla | 7.80 (n=1) [7.77, +0.03] | 6.60 (n=1) [6.62, -0.02] | 9.60 (n=1) [9.55, +0.05] | "
+                       "13.00 (n=1) [13.67, -0.67] | 5.00 (n=1) [5.05, -0.05] | 4.20 (n=1) [4.23, -0.03] | "
+                       "7.00 (n=1) [7.01, -0.01] | 11.00 (n=1) [10.75, +0.25] |")
     sqinv_rs = next(line for line in lines if line.startswith("| SQINV+RankSim"))
-    assert sqinv_rs == ("| SQINV+RankSim* | 6.50 [6.91, -0.41] | 6.00 | 7.00 | 8.00 | 4.00 | 3.50 | 4.50 | 5.00 |")
+    assert sqinv_rs == ("| SQINV+RankSim* | 6.50 (n=1) [6.91, -0.41] | 6.00 (n=1) | 7.00 (n=1) | 8.00 (n=1) | "
+                        "4.00 (n=1) | 3.50 (n=1) | 4.50 (n=1) | 5.00 (n=1) |")
     # rows without a run: published numbers only, or nothing at all
     assert "| SQINV | [7.81] | [7.16] | [8.80] | [11.20] |  |  |  |  |" in lines
     assert "| Focal-R+LDS |  |  |  |  |  |  |  |  |" in lines
@@ -232,14 +242,14 @@ def test_table_from_hand_written_results(tmp_path):
     assert [line.split("*")[1] for line in lines if line.startswith("| *")] == [
         "Vanilla", "Cost-sensitive re-weighting", "Focal-R", "RRT (two stages)"]
     assert "3 of 28 rows" not in proc.stderr and "2 of 28 rows have a run" in proc.stderr
-    assert "2 runs; the newest is shown" in proc.stderr, proc.stderr
+    assert "seed 0 has several runs; the newest is shown" in proc.stderr, proc.stderr
     assert "are no row of the paper's table" in proc.stderr
     assert "--evaluate run" in proc.stderr
     assert (tmp_path / "t.md").read_text() == md
     tex = (tmp_path / "t.tex").read_text()
     assert r"\begin{tabular}{lcccccccc}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
-    assert r"Vanilla & 7.80 {\scriptsize [7.77, +0.03]} & 6.60 {\scriptsize [6.62, -0.02]}" in tex
-    assert r"SQINV+RankSim$^*$ & 6.50 {\scriptsize [6.91, -0.41]} & 6.00 &" in tex
+    assert r"Vanilla & 7.80 (n=1) {\scriptsize [7.77, +0.03]} & 6.60 (n=1) {\scriptsize [6.62, -0.02]}" in tex
+    assert r"SQINV+RankSim$^*$ & 6.50 (n=1) {\scriptsize [6.91, -0.41]} & 6.00 (n=1) &" in tex
     assert all(line.count("&") == 8 for line in tex.splitlines() if line.endswith(r"\\") and "multicolumn" not in line)
 
 
@@ -252,8 +262,9 @@ def test_stsb_table_uses_mse_and_pearson_times_100(tmp_path):
     assert "| Method | MSE ↓ All | MSE ↓ Many | MSE ↓ Med. | MSE ↓ Few | Pearson ↑ All |" in md
     vanilla = next(line for line in md.splitlines() if line.startswith("| Vanilla |"))
     # few-shot Pearson undefined (None) -> our part empty, published value kept
-    assert vanilla == ("| Vanilla | 0.900 [0.974, -0.074] | 0.800 [0.851, -0.051] | 1.400 [1.520, -0.120] | "
-                       "1.000 [0.984, +0.016] | 75.0 [74.2, +0.8] | 70.0 [72.0, -2.0] | 60.0 [62.7, -2.7] | [75.2] |")
+    assert vanilla == ("| Vanilla | 0.900 (n=1) [0.974, -0.074] | 0.800 (n=1) [0.851, -0.051] | "
+                       "1.400 (n=1) [1.520, -0.120] | 1.000 (n=1) [0.984, +0.016] | 75.0 (n=1) [74.2, +0.8] | "
+                       "70.0 (n=1) [72.0, -2.0] | 60.0 (n=1) [62.7, -2.7] | [75.2] |")
 
 
 def test_corrupt_results_json_is_a_one_line_error(tmp_path):
@@ -278,9 +289,10 @@ def real_runs(tmp_path_factory):
 
 def test_run_trains_stage1_then_rrt_from_its_best_checkpoint(real_runs):
     data, runs, tiny, proc = real_runs
-    assert re.search(r"\[run\] vanilla: .*agedb-dir/train.py .*--store_name vanilla --epoch 1", proc.stdout)
+    assert re.search(r"\[run\] vanilla: .*agedb-dir/train.py .*--store_name vanilla --batch_size 256 --lr 1e-3 --epoch 1", proc.stdout)
     stage2 = json.loads((runs / "rrt" / "results.json").read_text())
     assert stage2["args"]["retrain_fc"] is True and stage2["args"]["reweight"] == "sqrt_inv"
+    assert stage2["args"]["seed"] == 0  # results.json records the seed (train.py's default here)
     assert Path(stage2["args"]["pretrained"]).resolve() == (runs / "vanilla" / "ckpt.best.pth.tar").resolve()
     # ckpt subcommand finds the same file
     ckpt = reproduce("ckpt", "--dataset", "agedb", "--runs", runs, "--row", "vanilla").stdout.strip()
@@ -328,6 +340,7 @@ def test_paper_defaults_are_the_train_programs_defaults(dataset):
     for name, value in bench.default_args.items():
         assert defaults[name] == value, (name, defaults[name], value)
     assert defaults["regularization_weight"] == 0 and defaults.get("reweight") == "none"
+    assert defaults[bench.seed_arg] == bench.default_seed  # the seed a run without --seeds records
     for flag in ("--regularization_weight", "--interpolation_lambda", "--reweight", "--lds", "--fds", "--loss",
                  "--retrain_fc", "--pretrained", "--store_root", "--store_name", "--data_dir"):
         assert flag.lstrip("-") in defaults, flag
