@@ -512,3 +512,13 @@ def test_torch_compile_of_a_model_step_matches_eager():
     compiled = torch.compile(step)(x, y)
     assert torch.allclose(compiled, eager, rtol=1e-6)
     assert torch.allclose(model[0].weight.grad, eager_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_scaling_bench_quick_runs_and_prints_ratios():
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "bench" / "scaling.py"), "--quick", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=180, cwd=repo)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:2] in ("16", "32")]
+    assert len(rows) == 4 and all(row[5].endswith("x") for row in rows)
+    assert result.stdout.count("PASS") + result.stdout.count("FAIL") == 2
