@@ -82,7 +82,8 @@ def _check_finite_targets(targets: torch.Tensor) -> bool:
 
 def _autocast_off(device: torch.device):
     """A context that disables autocast on ``device`` when it is on (meta tensors have no autocast)."""
-    if torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type):
+    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))  # torch < 2.4
+    if available(device.type) and torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()
 
