@@ -4,12 +4,18 @@ A clean-room PyTorch reimplementation of Gong, Mori and Tung (ICML 2022) and of 
 deep-imbalanced-regression baselines it builds on (Yang et al., ICML 2021). The benchmark folders
 (agedb-dir/, imdb-wiki-dir/, sts-b-dir/) import everything they share from here.
 
-    from ranksim import batchwise_ranking_regularizer
-    loss = base_loss + gamma * batchwise_ranking_regularizer(features, targets, interp_strength_lambda=2.0)
+    from ranksim import RankSim
+    ranksim_loss = RankSim(gamma=1.0, interp_strength_lambda=2.0)  # targets [B], [B, 1] or [B, d]
+    loss = base_loss + ranksim_loss(features, targets)
+
+docs/library.md describes every public name.
 """
+from ranksim.bins import Binning
+from ranksim.distributed import GatheredRankSim, all_gather_with_grad
 from ranksim.fds import FDS
 from ranksim.ranking import TrueRanker, rank, rank_normalised
-from ranksim.regularizer import batchwise_ranking_regularizer, reduce_ties
+from ranksim.regularizer import RankSim, batchwise_ranking_regularizer, reduce_ties
 
-__all__ = ["FDS", "TrueRanker", "batchwise_ranking_regularizer", "rank", "rank_normalised", "reduce_ties"]
+__all__ = ["Binning", "FDS", "GatheredRankSim", "RankSim", "TrueRanker", "all_gather_with_grad",
+           "batchwise_ranking_regularizer", "rank", "rank_normalised", "reduce_ties"]
 __version__ = "0.1.0"

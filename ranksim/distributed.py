@@ -286,17 +286,34 @@ def fds_gather(sampler, num_samples: int) -> Callable[[torch.Tensor, torch.Tenso
 
 
 class GatheredRankSim:
-    """gamma * RankSim on the GLOBAL batch: ``regularizer(local_features [b, D], local_targets [b, 1])``.
+    """gamma * RankSim on the GLOBAL batch: ``regularizer(local_features [b, D], local_targets [b, d])``.
 
+    Public, for your own DistributedDataParallel loops (``from ranksim import GatheredRankSim``).
     Every rank gathers all features (with gradient, see the module docstring) and targets, and
     draws the tie-reduction random numbers from its own generator, seeded identically on every
     rank (``seed``; re-seeded by :meth:`set_epoch` so that a resumed run draws what it would have),
-    so every rank keeps the same samples and computes the same value. Each rank must call it once
-    per step with the same local batch size (``sizes`` overrides that for unequal shards).
+    so every rank keeps the same samples and computes the same value: the one a single process
+    computes on the whole batch. Each rank must call it once per step with the same local batch
+    size (``sizes`` overrides that for unequal shards). Add its value to each rank's loss
+    unscaled: DDP's gradient averaging then gives the single-process gradient (module docstring).
+    Without a process group (or with one process) it is RankSim on the local batch.
+    label_distance: 'l1' | 'l2', as in ``batchwise_ranking_regularizer``.
+
+        # torchrun --nproc_per_node N my_train.py; dist.init_process_group(...) done, model in DDP
+        ranksim_loss = GatheredRankSim(gamma=1.0, interpolation_lambda=2.0, device=device, seed=0)
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            ranksim_loss.set_epoch(epoch)
+            for x, y in loader:                      # y: [b] or [b, d] on this rank
+                features = backbone(x.to(device))    # the DDP-wrapped model's feature output
+                loss = F.l1_loss(head(features), y.to(device)) + ranksim_loss(features, y.to(device))
+                optimizer.zero_grad(); loss.backward(); optimizer.step()
     """
 
-    def __init__(self, gamma: float, interpolation_lambda: float, device: torch.device, seed: int = 0):
+    def __init__(self, gamma: float, interpolation_lambda: float, device: torch.device, seed: int = 0,
+                 label_distance: str = "l1"):
         self.gamma, self.interpolation_lambda = gamma, interpolation_lambda
+        self.label_distance = label_distance
         self.seed = seed
         self.generator = torch.Generator(device=device)
         self.set_epoch(0)
@@ -316,7 +333,8 @@ class GatheredRankSim:
         all_targets = all_gather_tensor(targets.reshape(targets.shape[0], -1).to(features.device), sizes)
         with torch.autocast(features.device.type, enabled=False):  # RankSim in float32 under --amp
             return self.gamma * batchwise_ranking_regularizer(all_features.float(), all_targets,
-                                                              self.interpolation_lambda, generator=self.generator)
+                                                              self.interpolation_lambda, generator=self.generator,
+                                                              label_distance=self.label_distance)
 
 
 # ------------------------------------------------------------------------------------ model

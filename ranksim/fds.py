@@ -25,15 +25,17 @@ to ``bucket_start`` is present too (else they are dropped), and likewise at the 
 merging is unconditional: every label <= bucket_start is in the first bucket and every label >=
 bucket_num - 1 in the last, whatever else the batch holds.
 """
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bins import STSB_RANGE, Binning
 from .kernels import KERNELS, kernel_window
 
 LABEL_KINDS = ("age", "stsb")
-STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores (NOT the /5 training targets)
 
 # Clamp of the variance ratio v2 / v1 in calibration, per label kind.
 _VAR_RATIO_CLAMP = {"age": (0.1, 10.0), "stsb": (0.5, 2.0)}
@@ -91,12 +93,24 @@ class FDS(nn.Module):
         momentum: weight of the old running statistics in each update (0 on the first update).
         label_kind: 'age' (integer-valued labels, bucket = label - bucket_start with merged
             ends) or 'stsb' (scores in [0, 5], ``bucket_num`` equal-width np.histogram bins).
+        binning: a ``ranksim.bins.Binning`` for any other labels: its bins are the buckets (leave
+            bucket_num and bucket_start out); labels it refuses (outside its range unless it
+            clips, NaN) are ignored, as out-of-range STS-B scores are. label_kind still picks the
+            variance-ratio clamp ('age': [0.1, 10], 'stsb': [0.5, 2]) and the STS-B empty-bucket fill.
     """
 
-    def __init__(self, feature_dim: int, bucket_num: int = 100, bucket_start: int = 3,
+    def __init__(self, feature_dim: int, bucket_num: Optional[int] = None, bucket_start: Optional[int] = None,
                  start_update: int = 0, start_smooth: int = 1, kernel: str = "gaussian",
-                 ks: int = 5, sigma: float = 2, momentum: float = 0.9, label_kind: str = "age"):
+                 ks: int = 5, sigma: float = 2, momentum: float = 0.9, label_kind: str = "age",
+                 binning: Optional[Binning] = None):
         super().__init__()
+        if binning is not None:
+            if bucket_num is not None or bucket_start is not None:
+                raise ValueError(f"bucket_num={bucket_num!r}, bucket_start={bucket_start!r}: a binning defines "
+                                 f"the buckets ({binning.num_bins}); leave bucket_num and bucket_start out")
+            bucket_num, bucket_start = binning.num_bins, 0
+        bucket_num = 100 if bucket_num is None else bucket_num  # the AgeDB-DIR defaults
+        bucket_start = 3 if bucket_start is None else bucket_start
         _check_int("feature_dim", feature_dim, 1)
         _check_int("bucket_start", bucket_start, 0)
         _check_int("bucket_num", bucket_num, bucket_start + 1)
@@ -130,11 +144,16 @@ class FDS(nn.Module):
         # Not persistent: they are derived from the constructor arguments, and checkpoints must
         # hold exactly the published buffer names.
         self.register_buffer("kernel_window", torch.tensor(window, dtype=torch.float32), persistent=False)
-        # np.histogram's edges for float32 labels (float32 edges): on the STS-B scores (multiples
-        # of 0.2 and the like) float64 edges put e.g. 0.6 and 3.8 one bin lower; the float32 bins
-        # are the ones that give the published STS-B shot-group sizes.
-        edges = np.linspace(STSB_RANGE[0], STSB_RANGE[1], self.bucket_num + 1, dtype=np.float32)
-        self.register_buffer("stsb_edges", torch.from_numpy(edges), persistent=False)
+        # Labels -> bins -> buckets. Age: one bin per integer from bucket_start, the ends merged
+        # (clip). STS-B: np.histogram's float32 bins on [0, 5] (float64 edges would put e.g. 0.6
+        # and 3.8 one bin lower than the published code does), the bins below bucket_start merged.
+        if binning is not None:
+            self.binning = binning
+        elif label_kind == "age":
+            self.binning = Binning(np.arange(self.bucket_start, self.bucket_num + 1), out_of_range="clip")
+        else:
+            self.binning = Binning.uniform(*STSB_RANGE, num_bins=self.bucket_num, dtype="float32")
+        self._first_bin = self.bucket_start if binning is None and label_kind == "stsb" else 0
 
         self._tables_cache = None  # see _calibration_tables
         shape = (num_buckets, self.feature_dim)
@@ -163,21 +182,11 @@ class FDS(nn.Module):
         label <= bucket_start shares the first bucket and every label >= bucket_num - 1 the last).
         STS-B: the np.histogram bin of the float32 score among ``bucket_num`` equal bins on [0, 5]
         (the last bin closed, so 5 is in it), floored at bucket_start; scores outside [0, 5] are
-        ignored. NaN labels are ignored. No host-device synchronisation.
+        ignored. NaN labels are ignored.
+        With ``binning``: its bin (-1 where it refuses the label). No host-device synchronisation.
         """
-        labels = labels.reshape(-1)
-        if self.label_kind == "age":
-            x = labels.to(torch.float64).floor()
-            valid = ~torch.isnan(x)
-            x = x.clamp(self.bucket_start, self.bucket_num - 1).nan_to_num(self.bucket_start)
-            buckets = x.long() - self.bucket_start
-        else:
-            x = labels.to(torch.float32)
-            valid = (x >= STSB_RANGE[0]) & (x <= STSB_RANGE[1])  # False for NaN
-            # Largest i with edges[i] <= x (np.histogram's rule); x == 5 gives bucket_num -> last bin.
-            bins = torch.bucketize(x, self.stsb_edges.to(x.device), right=True) - 1
-            buckets = bins.clamp(self.bucket_start, self.bucket_num - 1) - self.bucket_start
-        return torch.where(valid, buckets, torch.full_like(buckets, -1))
+        bins = self.binning.bin_of_tensor(labels)
+        return torch.where(bins < 0, bins, bins.clamp(min=self._first_bin) - self._first_bin)
 
     def _check_batch(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if features.dim() != 2 or features.shape[1] != self.feature_dim:

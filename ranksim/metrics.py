@@ -3,7 +3,9 @@
 Shot groups split the test samples by how well their label is represented in TRAINING:
   * age datasets: the number of train samples with the same integer label: many > 100,
     few < 20, medium otherwise (a label absent from train has count 0 -> few);
-  * STS-B-DIR: FIXED lists of label bins used by the published code (not re-derived from the data).
+  * STS-B-DIR: FIXED lists of label bins used by the published code (not re-derived from the data);
+  * any other labels (``shot_groups``): the age rule's thresholds on the train count of each
+    test label's bin, bins from a ``ranksim.bins.Binning``.
 
 GM is the geometric mean of the absolute errors, ``exp(mean(log(|err| (+ eps))))``; the published
 programs differ only in how they guard against log(0) (see ``regression_metrics``).
@@ -16,6 +18,7 @@ from typing import Callable, Dict, Mapping, Optional
 import numpy as np
 from scipy import stats
 
+from ranksim.bins import Binning
 from ranksim.weighting import stsb_bin_of
 
 GROUPS = ("many", "medium", "few")
@@ -62,14 +65,31 @@ def age_shot_groups(train_labels, labels, many_threshold: int = AGE_MANY_SHOT_TH
 
     Returns {"many", "medium", "few"}: bool [N] masks that partition the N samples.
     """
-    train_int = _integer_labels(train_labels, "train_labels")
-    test_int = _integer_labels(labels, "labels")
-    values, counts = np.unique(train_int, return_counts=True)  # sorted distinct train labels
-    # train count of each test label, 0 when the label never occurs in train
-    train_count = np.zeros(len(test_int), dtype=np.int64)
+    return _groups_by_train_count(_integer_labels(train_labels, "train_labels"), _integer_labels(labels, "labels"),
+                                  many_threshold, few_threshold)
+
+
+def shot_groups(train_labels, labels, binning: Binning, many_threshold: int = AGE_MANY_SHOT_THRESHOLD,
+                few_threshold: int = AGE_FEW_SHOT_THRESHOLD) -> Dict[str, np.ndarray]:
+    """Shot-group masks of ``labels`` ([N]) for any labels: a sample is many-shot when its bin holds
+    more than ``many_threshold`` train labels, few-shot when it holds fewer than ``few_threshold``.
+
+    binning: a ``ranksim.bins.Binning`` (ValueError naming a label outside its range). Returns
+    {"many", "medium", "few"}: bool [N] masks that partition the N samples.
+    """
+    return _groups_by_train_count(binning.bin_of(train_labels, "train_labels"), binning.bin_of(labels, "labels"),
+                                  many_threshold, few_threshold)
+
+
+def _groups_by_train_count(train_keys: np.ndarray, keys: np.ndarray, many_threshold: int,
+                           few_threshold: int) -> Dict[str, np.ndarray]:
+    """Masks from the number of train keys equal to each key (integer arrays)."""
+    values, counts = np.unique(train_keys, return_counts=True)  # sorted distinct train keys
+    # train count of each key, 0 when the key never occurs in train
+    train_count = np.zeros(len(keys), dtype=np.int64)
     if len(values):
-        pos = np.minimum(np.searchsorted(values, test_int), len(values) - 1)
-        found = values[pos] == test_int
+        pos = np.minimum(np.searchsorted(values, keys), len(values) - 1)
+        found = values[pos] == keys
         train_count[found] = counts[pos[found]]
     many = train_count > many_threshold
     few = train_count < few_threshold

@@ -12,18 +12,19 @@ sample the weight 1 / (value of its bin), rescaled so that the weights have mean
 ``integer_smoothing=True`` reproduces a quirk of the published code (``--published_quirks``): it
 smooths the ``inverse`` counts as an INTEGER array, and ``scipy.ndimage.convolve1d`` returns the
 input's dtype, so every smoothed count is truncated towards zero (with the paper's kernel, gaussian
-ks 5 sigma 2, the AgeDB-DIR INV+LDS weights move by up to 3.8 %, STS-B-DIR's by up to 0.4 %). ``sqrt_inv`` values are floats there too, so only ``inverse`` is affected.
+ks 5 sigma 2, the AgeDB-DIR INV+LDS weights move by up to 3.8 %, STS-B-DIR's by up to 0.4 %).
+``sqrt_inv`` values are floats there too, so only ``inverse`` is affected.
+
+Any other labels: pass ``binning=`` a ``ranksim.bins.Binning`` (e.g. ``Binning.uniform(-2, 16,
+bin_width=0.5)``); the two rules above are its presets ``Binning.age()`` and ``Binning.stsb()``.
 
 The weights are computed once on the train split and stored with each sample.
 """
 import numpy as np
 from scipy.ndimage import convolve1d
 
+from ranksim.bins import AGE_NUM_BINS, STSB_NUM_BINS, STSB_RANGE, Binning  # noqa: F401 (AGE_NUM_BINS: public here too)
 from ranksim.kernels import kernel_window
-
-AGE_NUM_BINS = 121
-STSB_NUM_BINS = 50
-STSB_RANGE = (0.0, 5.0)
 
 REWEIGHTS = ("none", "inverse", "sqrt_inv")
 LABEL_KINDS = ("age", "stsb")
@@ -33,82 +34,59 @@ LABEL_KINDS = ("age", "stsb")
 INVERSE_CLIP = (5, 1000)
 
 
-def _as_flat_array(labels, name: str = "labels") -> np.ndarray:
-    """Labels as a 1-D numpy array; accepts lists, numpy arrays and torch tensors of shape [N] or [N, 1]."""
-    if hasattr(labels, "detach"):  # torch.Tensor, without importing torch here
-        labels = labels.detach().cpu().numpy()
-    arr = np.asarray(labels)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    elif arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        raise ValueError(f"{name}: expected shape [N] or [N, 1], got {tuple(arr.shape)}")
-    return arr
-
-
 def age_bin_of(labels) -> np.ndarray:
     """Age bin of each label: int(label) (truncation, like Python's int) clipped to [0, 120].
 
     labels: [N] or [N, 1] ages in years (int or float). Returns int64 [N].
     """
-    arr = _as_flat_array(labels).astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError("labels: age labels must be finite numbers (found NaN or inf)")
-    return np.clip(np.trunc(arr), 0, AGE_NUM_BINS - 1).astype(np.int64)
+    return Binning.age().bin_of(labels)
 
 
-def stsb_bin_edges(num_bins: int = STSB_NUM_BINS) -> np.ndarray:
-    """The num_bins + 1 float32 edges of the STS-B bins (50 by default), exactly as ``np.histogram``
-    builds them for float32 data.
+def stsb_bin_edges() -> np.ndarray:
+    """The 51 float32 edges of the 50 STS-B bins, exactly as ``np.histogram`` builds them for float32 data.
 
     The published code builds the edges from an empty float32 array, so they are float32, and compares
     float32 labels with them. The float32 comparison decides the bin of labels that lie on an edge
     (0.2, 0.4, 3.8, ...: most STS-B scores): in float64 0.3 < 0.30000000000000004 (bin 2), in float32
     0.3 == edge 3 (bin 3). Only the float32 rule reproduces the published shot-group sizes.
     """
-    _, edges = np.histogram(np.empty(0, dtype=np.float32), bins=num_bins, range=STSB_RANGE)
+    _, edges = np.histogram(np.empty(0, dtype=np.float32), bins=STSB_NUM_BINS, range=STSB_RANGE)
     return edges.astype(np.float32)
 
 
-def stsb_bin_of(labels, num_bins: int = STSB_NUM_BINS) -> np.ndarray:
-    """STS-B bin of each similarity score: bin i holds edges[i] <= score < edges[i+1]; score 5.0 -> the
-    last bin (49 with the default 50 bins).
+def stsb_bin_of(labels) -> np.ndarray:
+    """STS-B bin of each similarity score: bin i holds edges[i] <= score < edges[i+1]; score 5.0 -> 49.
 
     labels: [N] or [N, 1] scores in [0, 5] (compared in float32, see ``stsb_bin_edges``).
-    Returns int64 [N] in [0, num_bins - 1]. Raises ValueError for scores outside [0, 5] or NaN.
+    Returns int64 [N] in [0, 49]. Raises ValueError for scores outside [0, 5] or NaN.
     """
-    arr = _as_flat_array(labels).astype(np.float32)
-    low, high = STSB_RANGE
-    if np.isnan(arr).any():
-        raise ValueError("labels: STS-B scores must be numbers in [0, 5] (found NaN)")
-    bad = (arr < low) | (arr > high)
-    if bad.any():
-        raise ValueError(f"labels: STS-B scores must lie in [{low:g}, {high:g}]; found {float(arr[bad][0])!r} "
-                         f"({int(bad.sum())} value(s) out of range)")
-    # index of the first edge strictly greater than the score, minus one; score 5.0 falls past the
-    # last edge and is folded into the last bin (np.histogram's last bin is closed on the right).
-    bins = np.searchsorted(stsb_bin_edges(num_bins), arr, side="right") - 1
-    return np.minimum(bins, num_bins - 1).astype(np.int64)
+    return Binning.stsb().bin_of(labels)
 
 
-def _bins_and_num_bins(labels, label_kind: str, stsb_num_bins: int = STSB_NUM_BINS):
+def binning_of(label_kind: str) -> Binning:
+    """The preset Binning of a label kind: 'age' -> Binning.age(), 'stsb' -> Binning.stsb()."""
     if label_kind == "age":
-        return age_bin_of(labels), AGE_NUM_BINS
+        return Binning.age()
     if label_kind == "stsb":
-        return stsb_bin_of(labels, stsb_num_bins), stsb_num_bins
+        return Binning.stsb()
     raise ValueError(f"label_kind={label_kind!r} is not one of {', '.join(LABEL_KINDS)}")
 
 
-def bin_counts(labels, label_kind: str = "age") -> np.ndarray:
-    """Number of labels in each bin. Returns int64 [121] for 'age', [50] for 'stsb'."""
-    bins, num_bins = _bins_and_num_bins(labels, label_kind)
+def _bins_and_num_bins(labels, label_kind: str, binning=None):
+    binning = binning_of(label_kind) if binning is None else binning
+    return binning.bin_of(labels), binning.num_bins
+
+
+def bin_counts(labels, label_kind: str = "age", binning=None) -> np.ndarray:
+    """Number of labels in each bin. Returns int64 [121] for 'age', [50] for 'stsb', or
+    [binning.num_bins] for a ``Binning`` (which then decides the bins instead of label_kind)."""
+    bins, num_bins = _bins_and_num_bins(labels, label_kind, binning)
     return np.bincount(bins, minlength=num_bins).astype(np.int64)
 
 
 def label_weights(labels, reweight: str = "none", lds: bool = False, lds_kernel: str = "gaussian",
-                  lds_ks: int = 5, lds_sigma: float = 2, label_kind: str = "age",
-                  stsb_num_bins: int = STSB_NUM_BINS, integer_smoothing: bool = False) -> np.ndarray:
+                  lds_ks: int = 5, lds_sigma: float = 2, label_kind: str = "age", binning=None,
+                  integer_smoothing: bool = False) -> np.ndarray:
     """Per-sample weights (float32 [N], mean 1) for the train labels ``labels`` ([N] or [N, 1]).
 
     reweight: 'none' (all ones), 'inverse' (1 / count; counts clipped to [5, 1000] for age labels,
@@ -116,8 +94,10 @@ def label_weights(labels, reweight: str = "none", lds: bool = False, lds_kernel:
     lds: smooth the (transformed) per-bin count vector with the LDS window ``kernel_window(lds_kernel,
     lds_ks, lds_sigma, normalise='max')`` (``scipy.ndimage.convolve1d``, zero padding outside the bin
     range) and use each sample's smoothed bin value instead. Requires reweight != 'none'.
-    label_kind: 'age' (121 integer bins) or 'stsb' (``stsb_num_bins`` equal score bins on [0, 5];
-    sts-b-dir/train.py passes --bucket_num, 50 by default, as the published code does).
+    label_kind: 'age' (121 integer bins) or 'stsb' (50 score bins on [0, 5]).
+    binning: a ``ranksim.bins.Binning`` for any other labels; it replaces label_kind's bins, while
+    label_kind still picks the 'inverse' rule (age: clipped counts; stsb: raw counts).
+    sts-b-dir/train.py passes ``Binning.stsb(--bucket_num)``, as the published code bins with it.
     integer_smoothing: with reweight 'inverse' and lds, smooth the integer counts and truncate each
     smoothed value towards zero, as the published code does (module docstring); off by default.
 
@@ -136,9 +116,7 @@ def label_weights(labels, reweight: str = "none", lds: bool = False, lds_kernel:
         raise ValueError("lds=True needs reweight='inverse' or 'sqrt_inv' (LDS smooths the re-weighting "
                          "counts); reweight='none' gives every sample weight 1")
 
-    if label_kind == "stsb" and not (isinstance(stsb_num_bins, (int, np.integer)) and stsb_num_bins >= 1):
-        raise ValueError(f"stsb_num_bins={stsb_num_bins!r}: the number of STS-B bins must be a positive integer")
-    bins, num_bins = _bins_and_num_bins(labels, label_kind, stsb_num_bins)
+    bins, num_bins = _bins_and_num_bins(labels, label_kind, binning)
     num_samples = bins.shape[0]
     if reweight == "none" or num_samples == 0:
         return np.ones(num_samples, dtype=np.float32)

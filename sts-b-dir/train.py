@@ -44,6 +44,7 @@ from datasets import (
 from models import HEAD_NAME, STSBModel
 from tqdm import tqdm
 
+from ranksim.bins import Binning
 from ranksim.checkpoint import (
     capture_rng_state,
     check_checkpoint_flag,
@@ -372,7 +373,8 @@ def stsb_loss(args):
 def train_weights(args, scores) -> np.ndarray:
     """Per-pair train weights (--reweight, --lds) over --bucket_num score bins, as published."""
     return label_weights(scores, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
-                         label_kind="stsb", stsb_num_bins=args.bucket_num, integer_smoothing=args.published_quirks)
+                         label_kind="stsb", binning=Binning.stsb(args.bucket_num),
+                         integer_smoothing=args.published_quirks)
 
 
 def make_optimizer(model, args):

@@ -305,3 +305,16 @@ def test_stsb_torchrun_run_with_ranksim_and_fds_matches_single_process_evaluatio
     evaluated = json.loads((store / "eval" / "results.json").read_text())
     for key in ("mse", "mae", "pearson", "spearman"):
         assert trained["metrics"]["all"][key] == pytest.approx(evaluated["metrics"]["all"][key], rel=1e-5), key
+
+
+def test_public_gathered_ranksim_without_process_group_is_ranksim_on_label_vectors():
+    from ranksim import GatheredRankSim as PublicGatheredRankSim
+
+    gen = torch.Generator().manual_seed(3)
+    features = torch.randn(24, 6, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 4, (24, 2), generator=gen).float()
+    value = PublicGatheredRankSim(0.5, LAMBDA, torch.device("cpu"), seed=SEED, label_distance="l2")(features, targets)
+    reference = 0.5 * batchwise_ranking_regularizer(
+        features, targets, LAMBDA, generator=torch.Generator().manual_seed(GatheredRankSim.epoch_seed(SEED, 0)),
+        label_distance="l2")
+    assert torch.equal(value, reference)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from scipy.stats import chi2
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import ranksim.regularizer as regularizer_module
 from ranksim.regularizer import _flatten_inputs, _ranking_loss, batchwise_ranking_regularizer, reduce_ties
 
 # The public function gathers kept samples on CPU; the masked (sync-free, accelerator) form is
@@ -21,8 +22,8 @@ def regularizer_for(path):
     if path == "public":
         return batchwise_ranking_regularizer
 
-    def masked(features, targets, lam):
-        return _ranking_loss(*_flatten_inputs(features, targets), lam, compact=False)
+    def masked(features, targets, lam, label_distance="l1"):
+        return _ranking_loss(*_flatten_inputs(features, targets), lam, compact=False, label_distance=label_distance)
 
     return masked
 
@@ -68,9 +69,9 @@ def ref_loss_no_reduction(features, targets, lam):
     return loss
 
 
-def loss_and_grad(fn, features, *args):
+def loss_and_grad(fn, features, *args, **kwargs):
     leaf = features.detach().clone().requires_grad_(True)
-    loss = fn(leaf, *args)
+    loss = fn(leaf, *args, **kwargs)
     loss.backward()
     return loss.detach(), leaf.grad
 
@@ -262,8 +263,8 @@ def test_length_mismatch_names_both_arguments():
 
 
 def test_bad_target_shape_and_empty_batch():
-    with pytest.raises(ValueError, match=r"targets: expected shape \[B\] or \[B, 1\]"):
-        batchwise_ranking_regularizer(torch.randn(4, 3), torch.zeros(4, 2), 2.0)
+    with pytest.raises(ValueError, match=r"targets: expected shape \[B\], \[B, 1\] or \[B, d\]"):
+        batchwise_ranking_regularizer(torch.randn(4, 3), torch.zeros(4, 2, 3), 2.0)
     with pytest.raises(ValueError, match="features: expected a non-empty batch"):
         batchwise_ranking_regularizer(torch.randn(0, 3), torch.zeros(0), 2.0)
 
@@ -313,3 +314,211 @@ def test_bench_quick_runs_and_verifies_against_loop():
     assert result.returncode == 0, result.stderr
     assert "verified against the loop before timing" in result.stdout
     assert result.stdout.count("PASS") + result.stdout.count("FAIL") == 6
+
+
+# ---------------------------------------------------------------- label vectors [B, d], L1 / L2
+
+
+def ref_vector_loss(features, targets, lam, label_distance):
+    """The per-row loop for label vectors targets [n, d] (no tie reduction), distances in Python."""
+    x = F.normalize(features.float().reshape(features.shape[0], -1), dim=1)
+    sims = x @ x.T
+    y = targets.reshape(targets.shape[0], -1).double().tolist()
+
+    def distance(a, b):
+        if label_distance == "l1":
+            return sum(abs(u - v) for u, v in zip(a, b))
+        return sum((u - v) ** 2 for u, v in zip(a, b)) ** 0.5
+
+    loss = torch.zeros(())
+    for i in range(len(y)):
+        label_ranks = torch.tensor([ref_rank_normalised([-distance(y[i], yj) for yj in y])])
+        loss = loss + ((RefTrueRanker.apply(sims[i : i + 1], lam) - label_ranks) ** 2).mean()
+    return loss
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("label_distance", ["l1", "l2"])
+@pytest.mark.parametrize("path", PATHS)
+def test_label_vectors_equal_per_row_loop_with_ties(dims, label_distance, path):
+    gen = torch.Generator().manual_seed(10 + dims)
+    batch = 30
+    features = torch.randn(batch, 12, generator=gen)
+    # Few values per column: repeated label vectors (ties to reduce) and equal distances in rows.
+    targets = torch.randint(0, 3, (batch, dims), generator=gen).float()
+    fn = regularizer_for(path)
+    torch.manual_seed(4)
+    loss, grad = loss_and_grad(lambda f, t, lam: fn(f, t, lam, label_distance=label_distance), features, targets, 2.0)
+    torch.manual_seed(4)
+    kept_features, kept_targets = reduce_ties(features, targets)
+
+    # One sample per distinct label vector, in ascending lexicographic order, each a real sample.
+    distinct = sorted(set(map(tuple, targets.tolist())))
+    assert [tuple(t) for t in kept_targets.tolist()] == distinct
+    kept_rows = [int((features == row).all(dim=1).nonzero()[0, 0]) for row in kept_features]
+    assert [tuple(targets[i].tolist()) for i in kept_rows] == distinct
+
+    leaf = features.clone().requires_grad_(True)
+    ref = ref_vector_loss(leaf[kept_rows], kept_targets, 2.0, label_distance)
+    ref.backward()
+    assert_close_rel(loss, ref.detach())
+    assert leaf.grad.abs().max() > 0
+    assert_close_rel(grad, leaf.grad)
+    dropped = [i for i in range(batch) if i not in kept_rows]
+    assert torch.equal(grad[dropped], torch.zeros(len(dropped), 12))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("label_distance", ["l1", "l2"])
+@pytest.mark.parametrize("path", PATHS)
+def test_distinct_label_vectors_keep_batch_order(dims, label_distance, path):
+    gen = torch.Generator().manual_seed(20 + dims)
+    features = torch.randn(16, 8, generator=gen)
+    targets = torch.randn(16, dims, generator=gen)
+    loss, grad = loss_and_grad(lambda f, t, lam: regularizer_for(path)(f, t, lam, label_distance=label_distance),
+                               features, targets, 2.0)
+    ref, ref_grad = loss_and_grad(lambda f, t, lam: ref_vector_loss(f, t, lam, label_distance), features, targets, 2.0)
+    assert_close_rel(loss, ref)
+    assert_close_rel(grad, ref_grad)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_one_dimensional_l2_is_l1_bit_for_bit(path):
+    gen = torch.Generator().manual_seed(12)
+    features = torch.randn(24, 6, generator=gen)
+    targets = torch.rand(24, 1, generator=gen) * 7
+    results = []
+    for label_distance in ("l1", "l2"):
+        torch.manual_seed(0)
+        results.append(loss_and_grad(regularizer_for(path), features, targets, 2.0, label_distance=label_distance))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_tie_choice_among_duplicate_label_vectors_is_uniform():
+    # Three copies of (1, 2), two of (0, 5): reduce_ties keeps each copy about equally often.
+    targets = torch.tensor([[1.0, 2.0], [0.0, 5.0], [1.0, 2.0], [1.0, 2.0], [0.0, 5.0], [1.0, 0.0]])
+    features = torch.arange(6.0)[:, None].expand(6, 2)
+    counts = {i: 0 for i in range(5)}
+    draws = 600
+    for seed in range(draws):
+        torch.manual_seed(seed)
+        kept_features, kept_targets = reduce_ties(features, targets)
+        assert kept_targets.tolist() == [[0.0, 5.0], [1.0, 0.0], [1.0, 2.0]]
+        for row in kept_features[:, 0].tolist():
+            if int(row) != 5:
+                counts[int(row)] += 1
+    for group in ([0, 2, 3], [1, 4]):
+        observed = [counts[i] for i in group]
+        expected = draws / len(group)
+        statistic = sum((c - expected) ** 2 / expected for c in observed)
+        assert chi2.sf(statistic, df=len(group) - 1) > 1e-4, observed
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("features, targets", [
+    (torch.randn(1, 6), torch.tensor([[1.0, 2.0]])),  # B = 1
+    (torch.randn(5, 6), torch.tensor([[1.0, 2.0]]).expand(5, 2)),  # one distinct label vector
+])
+def test_degenerate_label_vector_batches_give_zero(features, targets, path):
+    loss, grad = loss_and_grad(regularizer_for(path), features, targets, 2.0)
+    assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(features))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_targets_refused_naming_them(bad):
+    targets = torch.tensor([[1.0, 2.0], [3.0, bad], [4.0, 5.0]])
+    with pytest.raises(ValueError, match=rf"targets: 1 non-finite value\(s\), the first \[3.0, {bad!r}\] at batch index 1"):
+        batchwise_ranking_regularizer(torch.randn(3, 4), targets, 2.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        reduce_ties(torch.randn(3, 4), targets[:, 1])
+
+
+def test_non_finite_targets_off_the_cpu_make_the_loss_nan(monkeypatch):
+    # Targets on an accelerator are not checked (that would wait for the device): meta tensors,
+    # which hold no values, pass; with the check switched off as it is there, NaN reaches the loss.
+    loss = batchwise_ranking_regularizer(torch.randn(4, 3, device="meta"), torch.zeros(4, 2, device="meta"), 2.0)
+    assert loss.shape == ()
+    monkeypatch.setattr(regularizer_module, "_check_finite_targets", lambda targets: False)
+    targets = torch.tensor([1.0, float("nan"), 2.0, 3.0])
+    assert torch.isnan(batchwise_ranking_regularizer(torch.randn(4, 3), targets, 2.0))
+
+
+def test_label_distance_must_be_known():
+    with pytest.raises(ValueError, match="label_distance='cosine' is not one of l1, l2"):
+        batchwise_ranking_regularizer(torch.randn(3, 4), torch.arange(3.0), 2.0, label_distance="cosine")
+
+
+# ---------------------------------------------------------------- the RankSim module
+
+
+def test_ranksim_module_is_gamma_times_the_function_with_the_same_draws():
+    import ranksim
+
+    gen = torch.Generator().manual_seed(13)
+    features = torch.randn(40, 8, generator=gen)
+    targets = torch.randint(0, 5, (40, 2), generator=gen).float()
+    module = ranksim.RankSim(gamma=0.75, interp_strength_lambda=2.0, label_distance="l2")
+    torch.manual_seed(3)
+    loss, grad = loss_and_grad(lambda f, t: module(f, t), features, targets)
+    torch.manual_seed(3)
+    # gamma multiplies the loss before backward, as in the paper's objective (the blackbox gradient
+    # is not linear in its incoming gradient, so gamma * grad(loss) would be a different number).
+    ref, ref_grad = loss_and_grad(lambda f, t: 0.75 * batchwise_ranking_regularizer(f, t, 2.0, label_distance="l2"),
+                                  features, targets)
+    assert torch.equal(loss, ref) and torch.equal(grad, ref_grad)
+    assert list(module.state_dict()) == [] and "label_distance='l2'" in repr(module)
+    with pytest.raises(ValueError, match="gamma=-1"):
+        ranksim.RankSim(-1, 2.0)
+    with pytest.raises(ValueError, match="interp_strength_lambda=0"):
+        ranksim.RankSim(1.0, 0)
+
+
+def test_autocast_computes_in_float32():
+    gen = torch.Generator().manual_seed(14)
+    features = torch.randn(64, 32, generator=gen)
+    targets = torch.randint(0, 20, (64,), generator=gen).float()
+    torch.manual_seed(0)
+    ref, ref_grad = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0)
+    torch.manual_seed(0)
+    leaf = features.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = batchwise_ranking_regularizer(leaf, targets, 2.0)
+    loss.backward()  # outside autocast, as torch recommends: backward ops follow their forward dtypes
+    grad = leaf.grad
+    assert loss.dtype == torch.float32 and torch.equal(loss, ref) and torch.equal(grad, ref_grad)
+
+
+def test_torch_compile_of_a_model_step_matches_eager():
+    from ranksim import RankSim
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.ReLU())
+    head = torch.nn.Linear(16, 1)
+    ranksim_loss = RankSim(gamma=1.0, interp_strength_lambda=2.0)
+
+    def step(x, y):
+        features = model(x)
+        loss = F.l1_loss(head(features), y) + ranksim_loss(features, y)
+        loss.backward()
+        return loss.detach()
+
+    x = torch.randn(32, 5, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 6, (32, 1), generator=torch.Generator().manual_seed(2)).float()
+    torch.manual_seed(5)
+    eager = step(x, y)
+    eager_grad = model[0].weight.grad.clone()
+    model.zero_grad()
+    torch.manual_seed(5)  # the tie draw runs outside the compiled graph, from torch's RNG
+    compiled = torch.compile(step)(x, y)
+    assert torch.allclose(compiled, eager, rtol=1e-6)
+    assert torch.allclose(model[0].weight.grad, eager_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_scaling_bench_quick_runs_and_prints_ratios():
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(repo / "bench" / "scaling.py"), "--quick", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=180, cwd=repo)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:2] in ("16", "32")]
+    assert len(rows) == 4 and all(row[5].endswith("x") for row in rows)
+    assert result.stdout.count("PASS") + result.stdout.count("FAIL") == 2
