@@ -30,7 +30,7 @@ from scipy.ndimage import convolve1d
 from ranksim.kernels import kernel_window
 
 __all__ = [
-    "BALANCED_MSE_VARIANTS", "BalancedMSELoss", "GaussianMixture1D", "bmc_loss", "bni_loss",
+    "BALANCED_MSE_VARIANTS", "BalancedMSELoss", "GaussianMixture1D", "balanced_mae", "bmc_loss", "bni_loss",
     "fit_gaussian_mixture", "gai_loss", "label_histogram",
 ]
 
@@ -100,6 +100,25 @@ def gai_loss(pred: torch.Tensor, target: torch.Tensor, noise_var: torch.Tensor, 
     component = (-0.5 * torch.log(total_var) - (pred - gmm_means).pow(2) / (2 * total_var)
                  + torch.log(gmm_weights))  # [B, K]
     return (fit + torch.logsumexp(component, dim=1)).mean() * (2 * noise_var.detach())
+
+
+def balanced_mae(preds, labels, groups: Mapping[str, np.ndarray]) -> dict:
+    """The Balanced MSE paper's *balanced* MAE: the mean over the distinct integer labels of each
+    label's MAE, for all samples and for each shot group (``groups``: {name: bool mask [N]}); None for
+    an empty group. Not comparable with the plain (per-sample) MAE of Yang et al.'s tables.
+    """
+    preds, labels = np.asarray(preds, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    keys = np.trunc(labels).astype(np.int64)  # int(label), as the shot groups
+    errors = np.abs(preds - labels)
+    out = {}
+    for name, mask in {"all": np.ones(len(labels), dtype=bool), **groups}.items():
+        if not mask.any():
+            out[name] = None
+            continue
+        values, inverse = np.unique(keys[mask], return_inverse=True)
+        per_label = np.bincount(inverse, weights=errors[mask]) / np.bincount(inverse)
+        out[name] = float(per_label.mean())
+    return out
 
 
 def label_histogram(labels, bin_width: float = 1.0, lds: bool = False, lds_kernel: str = "gaussian",

@@ -7,7 +7,7 @@ import torch
 from scipy.stats import norm
 
 from ranksim import BalancedMSELoss, bmc_loss, bni_loss, gai_loss
-from ranksim.balanced_mse import GaussianMixture1D, fit_gaussian_mixture, label_histogram
+from ranksim.balanced_mse import GaussianMixture1D, balanced_mae, fit_gaussian_mixture, label_histogram
 
 RTOL = 1e-5
 
@@ -172,3 +172,12 @@ def test_module_learns_sigma_keeps_prior_in_state_dict_and_can_freeze():
     assert not frozen.noise_sigma.requires_grad
     with pytest.raises(ValueError, match="bin_centers"):
         BalancedMSELoss("bni")
+
+
+def test_balanced_mae_averages_per_label_maes_not_samples():
+    labels = np.array([20.0, 20.0, 20.0, 30.5, 40.0])
+    preds = np.array([21.0, 21.0, 21.0, 33.5, 40.0])  # label 20: MAE 1 (3 samples), 30: 3, 40: 0
+    groups = {"many": labels < 25, "few": labels >= 25, "medium": np.zeros(5, dtype=bool)}
+    got = balanced_mae(preds, labels, groups)
+    assert got == {"all": pytest.approx(4 / 3), "many": pytest.approx(1.0), "few": pytest.approx(1.5), "medium": None}
+    assert np.abs(preds - labels).mean() == pytest.approx(1.2)  # the plain MAE differs
