@@ -48,8 +48,9 @@ RNC_STAGE_DEFAULTS = {
 }
 
 
-def add_comparator_flags(parser: argparse.ArgumentParser) -> None:
-    """The --bmse*, --conr* and --rnc* flags (defaults: the papers')."""
+def add_comparator_flags(parser: argparse.ArgumentParser, with_rnc: bool = True, conr_omega: float = 1.0) -> None:
+    """The --bmse*, --conr* and (with_rnc) --rnc*/--lr_cosine flags; defaults: the papers' (conr_omega:
+    the benchmark's default omega, in the units of the labels the loss sees)."""
     g = parser.add_argument_group("later DIR methods (Balanced MSE, ConR, Rank-N-Contrast)")
     g.add_argument("--bmse", default="none", choices=["none", "bmc", "bni", "gai"],
                    help="Balanced MSE variant; replaces --loss (no --reweight)")
@@ -61,9 +62,11 @@ def add_comparator_flags(parser: argparse.ArgumentParser) -> None:
                    help="BNI: smooth the label histogram with the --lds_kernel/--lds_ks/--lds_sigma window")
     g.add_argument("--conr", action="store_true", help="add beta * ConR on two augmented views")
     g.add_argument("--conr_beta", type=float, default=4.0, help="ConR weight beta")
-    g.add_argument("--conr_omega", type=float, default=1.0, help="ConR label/prediction similarity window omega")
+    g.add_argument("--conr_omega", type=float, default=conr_omega, help="ConR label/prediction similarity window omega")
     g.add_argument("--conr_tau", type=float, default=0.2, help="ConR temperature tau")
     g.add_argument("--conr_e", type=float, default=0.01, help="ConR pushing-weight exponent e")
+    if not with_rnc:
+        return
     g.add_argument("--rnc", default="none", choices=["none", "encoder", "linear"],
                    help="Rank-N-Contrast stage: 'encoder' (RnC loss on two strong views; defaults ResNet-18, "
                         "SGD lr 0.5 wd 1e-4, batch 256, 400 epochs, cosine) or 'linear' (head on the frozen "
@@ -76,14 +79,15 @@ def add_comparator_flags(parser: argparse.ArgumentParser) -> None:
 def parse_with_stage_defaults(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
     """parse_args, then again with the --rnc stage's reference schedule as defaults (if a stage is given)."""
     args = parser.parse_args(argv)
-    if args.rnc != "none":
+    if getattr(args, "rnc", "none") != "none":
         parser.set_defaults(**RNC_STAGE_DEFAULTS[args.rnc])
         args = parser.parse_args(argv)
     return args
 
 
-def check_comparator_flags(args: argparse.Namespace, distributed_ok: bool = True) -> None:
+def check_comparator_flags(args: argparse.Namespace) -> None:
     """UserError (flag, value, fix) for comparator flags that cannot work."""
+    rnc = getattr(args, "rnc", "none")
     if args.bmse != "none":
         if args.reweight != "none":
             raise UserError(f"--bmse {args.bmse}: Balanced MSE balances through its loss; drop --reweight "
@@ -99,7 +103,7 @@ def check_comparator_flags(args: argparse.Namespace, distributed_ok: bool = True
         if not (args.conr_beta >= 0 and args.conr_omega >= 0 and args.conr_tau > 0):
             raise UserError(f"--conr_beta {args.conr_beta} / --conr_omega {args.conr_omega} / --conr_tau "
                             f"{args.conr_tau}: beta and omega must be >= 0, tau > 0")
-    if args.rnc == "encoder":
+    if rnc == "encoder":
         others = [flag for flag, on in (("--bmse", args.bmse != "none"), ("--conr", args.conr), ("--fds", args.fds),
                                         ("--regularization_weight", args.regularization_weight > 0),
                                         ("--retrain_fc", args.retrain_fc)) if on]
@@ -108,9 +112,9 @@ def check_comparator_flags(args: argparse.Namespace, distributed_ok: bool = True
                             "(use them in the --rnc linear stage or in another run)")
         if not args.rnc_tau > 0:
             raise UserError(f"--rnc_tau {args.rnc_tau}: must be > 0")
-    if args.rnc == "linear" and not args.pretrained:
+    if rnc == "linear" and not args.pretrained:
         raise UserError("--rnc linear: pass --pretrained <ckpt.best.pth.tar> of a --rnc encoder run")
-    if args.conr and args.rnc != "none":
+    if args.conr and rnc != "none":
         raise UserError("--conr with --rnc: pick one method")
 
 
@@ -121,7 +125,7 @@ def comparator_run_name(args: argparse.Namespace) -> list:
         parts += ["bmse", args.bmse, str(args.bmse_init_sigma)]
     if args.conr:
         parts += ["conr", str(args.conr_beta)]
-    if args.rnc != "none":
+    if getattr(args, "rnc", "none") != "none":
         parts += ["rnc", args.rnc]
     return parts
 
@@ -165,13 +169,16 @@ class Comparator:
         return float(self.balanced.noise_sigma.detach()) if self.balanced is not None else None
 
 
-def build_comparator(args: argparse.Namespace, train_labels: np.ndarray, device: torch.device) -> Comparator:
-    """The Comparator of the parsed flags; the BNI/GAI prior is computed here, from the train labels."""
+def build_comparator(args: argparse.Namespace, train_labels: np.ndarray, device: torch.device,
+                     bin_width: float = 1.0, two_views: Optional[Callable] = None) -> Comparator:
+    """The Comparator of the parsed flags; the BNI/GAI prior is computed here, from the train labels
+    (in the units the loss sees; bin_width: BNI's histogram bin). two_views: the ConR views of a batch's
+    views entry (default: the two slices of a [B, 2, ...] tensor)."""
     comparator = Comparator()
     if args.bmse != "none":
         kwargs, prior = {}, {"variant": args.bmse}
         if args.bmse == "bni":
-            centres, masses = label_histogram(train_labels, lds=args.bmse_lds, lds_kernel=args.lds_kernel,
+            centres, masses = label_histogram(train_labels, bin_width=bin_width, lds=args.bmse_lds, lds_kernel=args.lds_kernel,
                                               lds_ks=args.lds_ks, lds_sigma=args.lds_sigma)
             kwargs = dict(bin_centers=centres, bin_weights=masses)
             prior.update(bin_centers=centres.tolist(), bin_weights=masses.tolist())
@@ -183,8 +190,9 @@ def build_comparator(args: argparse.Namespace, train_labels: np.ndarray, device:
                                               freeze_sigma=args.bmse_fix_sigma, **kwargs).to(device)
         comparator.prior = prior
     if args.conr:
-        comparator.view_loss = conr_view_loss(args.conr_beta, args.conr_omega, args.conr_tau, args.conr_e)
-    if args.rnc == "encoder":
+        comparator.view_loss = conr_view_loss(args.conr_beta, args.conr_omega, args.conr_tau, args.conr_e,
+                                              two_views or _split_views)
+    if getattr(args, "rnc", "none") == "encoder":
         comparator.view_loss = rnc_view_loss(args.rnc_tau)
         comparator.regression = False
     return comparator
@@ -196,12 +204,14 @@ def _split_views(views: torch.Tensor):
     return views[:, 0], views[:, 1]
 
 
-def conr_view_loss(beta: float, omega: float, tau: float, e: float) -> ViewLoss:
-    """beta * ConR over the two views, one forward pass per view (no targets: FDS does not smooth)."""
+def conr_view_loss(beta: float, omega: float, tau: float, e: float,
+                   two_views: Callable = _split_views) -> ViewLoss:
+    """beta * ConR over the two views, one forward pass per view (no targets: FDS does not smooth).
+    two_views(views) -> (first, second) model inputs (STS-B: the same pair twice, two dropout draws)."""
 
     def view_loss(model, views, labels, weights):
         features, preds = [], []
-        for view in _split_views(views):
+        for view in two_views(views):
             pred, encoding = model(view)
             features.append(encoding.float())
             preds.append(pred.float())
