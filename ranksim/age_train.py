@@ -13,6 +13,8 @@ What one run does (SPEC §1.6, §2, §3, §7):
      ``ckpt.best.pth.tar`` when val MAE (MSE with --loss mse) improves;
   4. load the best checkpoint, test per shot group, print the table, write ``results.json``.
 ``--evaluate --resume CKPT`` does only step 4 for CKPT (e.g. a released checkpoint).
+Later DIR methods (--bmse Balanced MSE, --conr ConR, --rnc Rank-N-Contrast) come from
+ranksim/comparators.py; results.json also holds ``balanced_mae`` (Balanced MSE's metric).
 
 Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` runs the same program on N processes
 (DistributedDataParallel; --batch_size stays the global batch, RankSim and FDS see the global batch

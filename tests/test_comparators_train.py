@@ -4,12 +4,24 @@ Reuses tests/test_age_train.py's synthetic data and helpers (16 px images, ResNe
 epoch, --workers 0 so that a resumed run repeats the uninterrupted one exactly). In-process main().
 """
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_age_train import AGEDB_DEFAULTS, AgeDB, assert_same_metrics, common_args, data, load_ckpt, store  # noqa: F401
+from test_age_train import (  # noqa: F401
+    AGEDB_DEFAULTS,
+    ENV,
+    REPO,
+    AgeDB,
+    assert_same_metrics,
+    common_args,
+    data,
+    load_ckpt,
+    store,
+)
 
 from ranksim.age_train import main
 from ranksim.balanced_mse import fit_gaussian_mixture
@@ -162,3 +174,11 @@ def test_comparator_flag_errors_create_nothing(extra, message, data, tmp_path): 
     with pytest.raises(UserError, match=message):
         train(data, tmp_path, "bad", extra)
     assert not any(tmp_path.iterdir())
+
+
+def test_methods_bench_quick_run():
+    proc = subprocess.run([sys.executable, "bench/methods.py", "--quick", "--device", "cpu", "--threads", "1"],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("vanilla", "rnc"))]
+    assert [r[0] for r in rows] == ["vanilla", "rnc"] and rows[0][2] == "1.00x"
