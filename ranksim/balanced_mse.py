@@ -230,7 +230,8 @@ class BalancedMSELoss(nn.Module):
     ``noise_sigma`` in its own optimizer group (the reference learning rate is 1e-2).
 
     Called as the harness's losses: ``loss(pred [B, 1], target [B, 1], weights=None)``; weights are
-    ignored (see the module docstring).
+    ignored (see the module docstring). BMC on a batch of one sample returns 0 (its value) instead of
+    raising as ``bmc_loss`` does, so that a last batch of one does not stop a run.
     """
 
     def __init__(self, variant: str, init_sigma: float = 1.0, freeze_sigma: bool = False,
@@ -258,6 +259,8 @@ class BalancedMSELoss(nn.Module):
                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         noise_var = self.noise_sigma.pow(2)
         if self.variant == "bmc":
+            if pred.shape[0] < 2:  # e.g. a last batch of one: BMC is identically 0 there, so it adds nothing
+                return pred.sum() * 0
             return bmc_loss(pred, target, noise_var)
         if self.variant == "bni":
             return bni_loss(pred, target, noise_var, self.bin_centers, self.bin_weights)

@@ -172,6 +172,11 @@ def test_module_learns_sigma_keeps_prior_in_state_dict_and_can_freeze():
     assert not frozen.noise_sigma.requires_grad
     with pytest.raises(ValueError, match="bin_centers"):
         BalancedMSELoss("bni")
+    # a batch of one: BMC's value 0, with a gradient graph (no error mid-run)
+    one = torch.ones(1, 1, requires_grad=True)
+    loss = BalancedMSELoss("bmc")(one, torch.zeros(1, 1))
+    loss.backward()
+    assert loss.item() == 0 and one.grad.item() == 0
 
 
 def test_balanced_mae_averages_per_label_maes_not_samples():
