@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.ndimage import convolve1d
+from scipy.special import logsumexp
 
 from ranksim.kernels import kernel_window
 
@@ -163,17 +164,12 @@ class GaussianMixture1D:
 
     def log_likelihood(self, x: np.ndarray) -> float:
         """Mean log density of the points ``x``."""
-        return float(np.mean(_logsumexp_rows(self._component_log_density(x))))
+        return float(np.mean(logsumexp(self._component_log_density(x), axis=1)))
 
     def _component_log_density(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64).reshape(-1, 1)
         return (np.log(self.weights) - 0.5 * np.log(2 * math.pi * self.variances)
                 - (x - self.means) ** 2 / (2 * self.variances))
-
-
-def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
-    top = a.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def fit_gaussian_mixture(labels, n_components: int = 8, max_iter: int = 500, tol: float = 1e-6,
@@ -204,7 +200,7 @@ def fit_gaussian_mixture(labels, n_components: int = 8, max_iter: int = 500, tol
     previous = -np.inf
     for _ in range(max_iter):
         log_density = gmm._component_log_density(x)
-        resp = np.exp(log_density - _logsumexp_rows(log_density)[:, None])
+        resp = np.exp(log_density - logsumexp(log_density, axis=1, keepdims=True))
         gmm = _m_step(x, resp, reg_var)
         current = gmm.log_likelihood(x)
         if current - previous < tol:
