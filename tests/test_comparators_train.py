@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from folder_modules import load_folder_module
 from test_age_train import (  # noqa: F401
     AGEDB_DEFAULTS,
     ENV,
@@ -20,6 +21,8 @@ from test_age_train import (  # noqa: F401
     common_args,
     data,
     load_ckpt,
+    ok,
+    run_train,
     store,
 )
 
@@ -182,3 +185,23 @@ def test_methods_bench_quick_run():
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines() if line.strip().startswith(("vanilla", "rnc"))]
     assert [r[0] for r in rows] == ["vanilla", "rnc"] and rows[0][2] == "1.00x"
+
+
+
+def test_imdb_wiki_train_py_runs_the_methods_and_evaluates(data, store):  # noqa: F811
+    """The IMDB-WIKI-DIR program (same code, its own defaults): Balanced MSE + ConR through the script,
+    then RnC's two stages and an evaluation in-process."""
+    base = ["--data_dir", str(data), "--img_size", "16", "--model", "resnet18", "--batch_size", "16", "--workers",
+            "0", "--store_root", str(store), "--epoch", "1"]
+    ok(run_train(base + ["--store_name", "imdb_bni_conr", "--bmse", "bni", "--conr"], folder="imdb-wiki-dir"))
+    trained = json.loads((store / "imdb_bni_conr" / "results.json").read_text())
+    assert trained["dataset"] == "imdb_wiki" and trained["args"]["bmse"] == "bni" and trained["args"]["conr"]
+    imdb = load_folder_module("imdb_wiki_train_comparators", REPO / "imdb-wiki-dir" / "train.py")
+    run = lambda *extra: main(base + list(extra), imdb.DEFAULTS, imdb.IMDBWIKI)  # noqa: E731
+    run("--store_name", "imdb_rnc", "--rnc", "encoder", "--lr", "0.05")
+    linear = run("--store_name", "imdb_rnc_linear", "--rnc", "linear", "--pretrained",
+                 str(store / "imdb_rnc" / "ckpt.best.pth.tar"))
+    evaluated = run("--store_name", "imdb_rnc_eval", "--evaluate", "--resume",
+                    str(store / "imdb_rnc_linear" / "ckpt.best.pth.tar"))
+    assert linear["dataset"] == evaluated["dataset"] == "imdb_wiki"
+    assert_same_metrics(evaluated["metrics"], linear["metrics"], rel=1e-9)
