@@ -352,7 +352,7 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
     loaders = build_loaders(datasets, local_batch, workers, device, samplers)
     if datasets["train"] is not plain_train and args.fds:  # the FDS statistics pass reads plain images
         loaders["fds"] = build_loaders({**datasets, "train": plain_train}, local_batch, workers, device)["train"]
-    comparator = build_comparator(args, train_labels, device)
+    comparator = Comparator() if args.evaluate else build_comparator(args, train_labels, device)
 
     model = build_model(args.model, fds=args.fds, bucket_num=args.bucket_num, bucket_start=args.bucket_start,
                         start_update=args.start_update, start_smooth=args.start_smooth, kernel=args.fds_kernel,
