@@ -13,6 +13,8 @@ What one run does (SPEC §1.6, §2, §3, §7):
      ``ckpt.best.pth.tar`` when val MAE (MSE with --loss mse) improves;
   4. load the best checkpoint, test per shot group, print the table, write ``results.json``.
 ``--evaluate --resume CKPT`` does only step 4 for CKPT (e.g. a released checkpoint).
+Later DIR methods (--bmse Balanced MSE, --conr ConR, --rnc Rank-N-Contrast) come from
+ranksim/comparators.py; results.json also holds ``balanced_mae`` (Balanced MSE's metric).
 
 Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` runs the same program on N processes
 (DistributedDataParallel; --batch_size stays the global batch, RankSim and FDS see the global batch
@@ -36,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ranksim.age_data import SPLITS, AgeCSVDataset
+from ranksim.balanced_mse import balanced_mae
 from ranksim.checkpoint import (
     capture_rng_state,
     check_checkpoint_flag,
@@ -48,6 +51,14 @@ from ranksim.checkpoint import (
     save_checkpoint,
     state_dict_of,
     unwrap_model,
+)
+from ranksim.comparators import (
+    Comparator,
+    add_comparator_flags,
+    build_comparator,
+    check_comparator_flags,
+    comparator_run_name,
+    parse_with_stage_defaults,
 )
 from ranksim.distributed import (
     DistContext,
@@ -91,6 +102,7 @@ from ranksim.runs import (
     select_device,
     write_results_json,
 )
+from ranksim.views import AugmentedViews, strong_view_transform
 from ranksim.weighting import REWEIGHTS, label_weights
 
 CKPT_NAME = "ckpt.pth.tar"
@@ -170,6 +182,7 @@ def build_parser(defaults: Optional[Mapping] = None) -> argparse.ArgumentParser:
     g.add_argument("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; "
                    "fp16 with loss scaling); RankSim, the loss, the head and the metrics stay float32")
     g.add_argument("--channels_last", action="store_true", help="NHWC memory format (faster convolutions on GPUs)")
+    add_comparator_flags(p)
     return p
 
 
@@ -186,6 +199,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
     if args.pretrained:
         check_checkpoint_flag("--pretrained", args.pretrained, BEST_NAME)
+    check_comparator_flags(args)
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -201,6 +215,7 @@ def run_name(args: argparse.Namespace) -> str:
         parts += ["ranksim", str(args.regularization_weight), str(args.interpolation_lambda)]
     if args.retrain_fc:
         parts += ["rrt"]
+    parts += comparator_run_name(args)
     parts += [args.optimizer, args.loss, str(args.lr), str(args.batch_size), time.strftime("%Y%m%d-%H%M%S")]
     return "_".join(parts)
 
@@ -209,6 +224,12 @@ def lr_at(epoch: int, base_lr: float, schedule: Sequence[int]) -> float:
     """Learning rate of 0-based ``epoch``: base_lr x 0.1 for every milestone <= epoch (stateless, so a
     resumed run is at the right point of the schedule)."""
     return base_lr * 0.1 ** sum(epoch >= milestone for milestone in schedule)
+
+
+def cosine_lr_at(epoch: int, base_lr: float, epochs: int) -> float:
+    """--lr_cosine (Rank-N-Contrast's schedule): from base_lr at epoch 0 towards base_lr * 1e-3 at --epoch."""
+    final = base_lr * 0.1 ** 3
+    return final + (base_lr - final) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
 def build_loaders(datasets: Mapping[str, AgeCSVDataset], batch_size: int, workers: int, device: torch.device,
@@ -274,7 +295,8 @@ def evaluate_test_split(model, loader, train_labels: np.ndarray, device, gm_eps:
     preds, labels = predict_split(model, loader, device, show_progress, "test", ctx, options)
     groups = age_shot_groups(train_labels, labels)
     return {"metrics": regression_metrics(preds, labels, groups, gm_eps=gm_eps, gm_eps_mode="overall"),
-            "per_label": per_label_mae(preds, labels)}
+            "per_label": per_label_mae(preds, labels),
+            "balanced_mae": balanced_mae(preds, labels, groups)}
 
 
 def finish(logger: RunLogger, run_dir: Path, args, checkpoint_path: str, epoch: int, sizes: dict,
@@ -297,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
     Under torchrun it joins the process group first and leaves it at the end; a user error stops
     every rank, and only rank 0 prints it (the others exit with the same code, silently).
     """
-    args = build_parser(defaults).parse_args(argv)
+    args = parse_with_stage_defaults(build_parser(defaults), argv)
     return run_on_every_rank(lambda ctx: run(args, dataset_cls, ctx), check=lambda: check_args(args),
                              batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
@@ -327,13 +349,23 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
     datasets = {split: dataset_cls(args.data_dir, table, args.img_size, split,
                                    weights if split == "train" else None) for split in SPLITS}
     sizes = {split: len(ds) for split, ds in datasets.items()}
+    if ctx.distributed and (args.bmse != "none" or args.conr or args.rnc != "none"):
+        raise UserError("--bmse / --conr / --rnc: not supported under torchrun yet; run them in one process")
+    plain_train = datasets["train"]
+    if args.conr and not args.evaluate:  # ConR's two views: the benchmark's own train augmentation
+        datasets["train"] = AugmentedViews(plain_train, plain_train.transform, keep_image=True)
+    if args.rnc == "encoder" and not args.evaluate:
+        datasets["train"] = AugmentedViews(plain_train, strong_view_transform(args.img_size), keep_image=False)
     samplers = distributed_samplers(datasets, ctx, args.seed, args.fds)
     loaders = build_loaders(datasets, local_batch, workers, device, samplers)
+    if datasets["train"] is not plain_train and args.fds:  # the FDS statistics pass reads plain images
+        loaders["fds"] = build_loaders({**datasets, "train": plain_train}, local_batch, workers, device)["train"]
+    comparator = Comparator() if args.evaluate else build_comparator(args, train_labels, device)
 
     model = build_model(args.model, fds=args.fds, bucket_num=args.bucket_num, bucket_start=args.bucket_start,
                         start_update=args.start_update, start_smooth=args.start_smooth, kernel=args.fds_kernel,
                         ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt,
-                        return_encoding=args.regularization_weight > 0).to(device)
+                        return_encoding=args.regularization_weight > 0 or comparator.view_loss is not None).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if options.amp_dtype is not None:
@@ -346,12 +378,16 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
     if args.retrain_fc:
         freeze_all_but_head(model)  # before DDP wraps the model: it registers the trainable parameters
     optimizer = build_optimizer(args, model)
+    comparator.add_sigma_group(optimizer, args.bmse_sigma_lr)
     if args.resume:
         start_epoch, best_loss, run_dir = resume_from_checkpoint(args, model, optimizer, ctx, options)
+        comparator.restore(load_checkpoint(args.resume), args.resume)
     else:
         start_epoch, best_loss = 0, math.inf
         run_dir = make_run_dir(args.store_root, args.store_name or run_name(args)) if ctx.is_main else None
     run_dir, best_loss = broadcast_object((run_dir, best_loss), ctx)
+    if ctx.is_main:
+        comparator.save_prior(run_dir)
     train_model = wrap_model(model, ctx, sync_bn=args.sync_bn)
 
     logger = RunLogger(run_dir, enabled=ctx.is_main)
@@ -369,7 +405,7 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
         if args.resume:
             logger.info(f"resumed {args.resume} after epoch {start_epoch} (best val score {best_loss:.4f})")
         return train_and_test(args, train_model, optimizer, loaders, train_labels, sizes, device, dataset_cls,
-                              logger, run_dir, start_epoch, best_loss, show, ctx, options)
+                              logger, run_dir, start_epoch, best_loss, show, ctx, options, comparator)
     except UserError as exc:  # e.g. an unreadable image found mid-epoch: keep the reason with the run
         logger.record_error(exc)
         raise
@@ -452,17 +488,22 @@ def resume_run_dir(args) -> Optional[Path]:
 
 def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device, dataset_cls, logger, run_dir,
                    start_epoch, best_loss, show, ctx: Optional[DistContext] = None,
-                   options: Optional[StepOptions] = None) -> dict:
+                   options: Optional[StepOptions] = None, comparator: Optional[Comparator] = None) -> dict:
     """Epoch loop (train, FDS update, validate, checkpoint), then test the best checkpoint.
 
     model: the model to train (DDP-wrapped under torchrun); prediction and the FDS pass use the bare
     model (no gradient, so DDP has nothing to add) after rank 0's BatchNorm statistics are copied to
-    every rank.
+    every rank. comparator: Balanced MSE / ConR / Rank-N-Contrast (ranksim.comparators; None: off).
     """
     ctx = ctx or DistContext(device=device)
     options = options or StepOptions()
+    comparator = comparator or Comparator()
     bare = unwrap_model(model)
     loss_fn = published_age_loss(args.loss) if args.published_quirks else get_loss(args.loss)
+    if comparator.balanced is not None:  # --bmse replaces --loss
+        loss_fn = comparator.balanced
+    if not comparator.regression:
+        loss_fn = None
     if ctx.distributed and args.regularization_weight > 0:
         regularizer = GatheredRankSim(args.regularization_weight, args.interpolation_lambda, device, args.seed)
     else:
@@ -474,9 +515,10 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
     last_good = args.resume or None  # newest checkpoint of a completed epoch, for the divergence message
 
     for epoch in range(start_epoch, args.epoch):
-        lr = lr_at(epoch, args.lr, args.schedule)
+        lr = cosine_lr_at(epoch, args.lr, args.epoch) if args.lr_cosine else lr_at(epoch, args.lr, args.schedule)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            if not group.get("fixed_lr"):  # Balanced MSE's sigma keeps its own learning rate
+                group["lr"] = lr
         if ctx.distributed:  # a new shuffle per epoch, the same on every rank; same tie draws on every rank
             loaders["train"].sampler.set_epoch(epoch)
             if isinstance(regularizer, GatheredRankSim):
@@ -486,7 +528,8 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
                                           regularizer=regularizer, frozen_backbone=args.retrain_fc,
                                           show_progress=show, desc=f"epoch {epoch + 1}/{args.epoch}",
                                           log_every=args.print_freq, log_fn=logger.info, options=options,
-                                          loss_limit=exploding_loss_limit(args.published_quirks))
+                                          loss_limit=exploding_loss_limit(args.published_quirks),
+                                          view_loss=comparator.view_loss)
             sync_buffers(bare, ctx)  # rank 0's BatchNorm running statistics everywhere (see wrap_model)
             if args.fds and epoch >= args.start_update:
                 update_fds_statistics(bare, fds_loader, device, epoch, frozen_backbone=args.retrain_fc,
@@ -501,11 +544,12 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
             raise UserError(f"{exc}; stopped, {kept}; lower --lr (or --regularization_weight) and "
                             f"{'resume it with --resume ' + str(last_good) if last_good else 'start again'}") from None
         val = regression_metrics(preds, labels, age_shot_groups(train_labels, labels))["all"]
-        is_best = val[score_name] < best_loss
+        # RnC stage 1 trains no head, so its val score says nothing: the last epoch is kept as the best.
+        is_best = val[score_name] < best_loss or not comparator.regression
         best_loss = min(best_loss, val[score_name])
 
         # The published layout plus what an exact resume needs (RNG state; the lr follows from the epoch).
-        extra = {"rng": capture_rng_state(), "args": vars(args)}
+        extra = {"rng": capture_rng_state(), "args": vars(args), **comparator.checkpoint_extra()}
         if options.scaler is not None:
             extra[SCALER_KEY] = options.scaler.state_dict()
         state = make_checkpoint(model, optimizer, epoch + 1, best_loss, arch=args.model, extra=extra)
@@ -517,6 +561,8 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
                 save_checkpoint(state, ckpt_path)
         last_good = ckpt_path
         reg = f" (ranksim {train_stats['reg']:.4f})" if regularizer is not None else ""
+        if comparator.balanced is not None:
+            reg += f" (bmse sigma {comparator.sigma():.4f})"
         logger.info(f"epoch {epoch + 1}/{args.epoch} lr {lr:.3g} | train loss {train_stats['loss']:.4f}{reg} | "
                     f"val MSE {val['mse']:.3f} MAE {val['mae']:.3f} GM {val['gmean']:.3f} | "
                     f"best {score_name.upper()} {best_loss:.3f}{' (new best)' if is_best else ''}")

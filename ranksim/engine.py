@@ -161,6 +161,7 @@ def train_one_epoch(
     log_fn: Optional[Callable[[str], None]] = None,
     options: Optional[StepOptions] = None,
     loss_limit: float = EXPLODING_LOSS,
+    view_loss: Optional[Callable[..., torch.Tensor]] = None,
 ) -> dict:
     """Train ``model`` for one pass over ``loader`` (batches of (images, labels [B,1], weights [B,1])).
 
@@ -170,6 +171,9 @@ def train_one_epoch(
     would apply it.
     log_fn(line) is called with the running loss every ``log_every`` iterations (0: never).
     options: mixed precision / channels_last / distributed loss reduction (default: plain fp32).
+    view_loss: an extra term on augmented views (ConR, Rank-N-Contrast; ranksim.comparators), called as
+        view_loss(model, views [B, 2, ...], labels, weights); the views are the batch's 4th entry, or the
+        images themselves for a batch of three. loss_fn None: no regression term (Rank-N-Contrast stage 1).
     """
     options = options or StepOptions()
     scaler = options.scaler
@@ -178,17 +182,20 @@ def train_one_epoch(
     seen = 0
     bar = progress(loader, desc, show_progress)
     for step, batch in enumerate(bar):
-        images, labels, weights = _to_device(batch, device)
-        images = options.images(images)
+        images, labels, weights, *views = _to_device(batch, device)
         optimizer.zero_grad(set_to_none=True)
         with options.autocast(device):
-            output = model(images, labels, epoch)
-            pred, encoding = output if isinstance(output, tuple) else (output, None)
-            loss = loss_fn(pred.float(), labels, weights)  # .float(): a no-op in fp32
-            reg = None
-            if regularizer is not None:
-                reg = regularizer(encoding, labels)
-                loss = loss + reg
+            loss, reg = labels.new_zeros(()), None
+            if loss_fn is not None:
+                images = options.images(images)
+                output = model(images, labels, epoch)
+                pred, encoding = output if isinstance(output, tuple) else (output, None)
+                loss = loss_fn(pred.float(), labels, weights)  # .float(): a no-op in fp32
+                if regularizer is not None:
+                    reg = regularizer(encoding, labels)
+                    loss = loss + reg
+            if view_loss is not None:
+                loss = loss + view_loss(model, views[0] if views else images, labels, weights)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         # The one host sync of the step, placed after backward so a GPU has the whole forward and
         # backward queued; the parameters are still untouched if the loss is bad.

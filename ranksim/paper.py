@@ -45,7 +45,7 @@ Decisions (choices, not published facts):
   to SQINV+FDS+RankSim (INV+FDS+RankSim on STS-B) and marked ``believed=True``; on AgeDB-DIR its
   few-shot MAE 9.68 equals the README's SQINV+FDS+RankSim number, elsewhere it is unconfirmed.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 GROUPS = ("many", "medium", "few")
@@ -158,6 +158,10 @@ def run_identity(args: Dict[str, object], benchmark: Benchmark) -> Tuple[Tuple[s
         ("loss", loss),
         ("retrain_fc", bool(args.get("retrain_fc", False))),
         ("ranksim", float(args.get("regularization_weight", 0.0) or 0.0) > 0.0),
+        # the later DIR methods (ranksim/comparators.py); absent keys: off
+        ("bmse", str(args.get("bmse", "none"))),
+        ("conr", bool(args.get("conr", False))),
+        ("rnc", str(args.get("rnc", "none"))),
     )
 
 
@@ -353,3 +357,73 @@ def model_flags(flags: Sequence[str]) -> Tuple[str, ...]:
             kept.append(token)
     return tuple(kept)
 
+# ------------------------------------------------------------------------------------------------
+# Later DIR methods: Balanced MSE (Ren et al., CVPR 2022), ConR (Keramati et al., ICLR 2024),
+# Rank-N-Contrast (Zha et al., NeurIPS 2023). Appended rows; the rows above are unchanged.
+#
+# Decisions:
+# - Balanced MSE: end-to-end rows (--bmse replaces --loss) and the reference protocol's two-stage rows
+#   ("(RRT)": head retrained with Balanced MSE, lr 1e-4, 10 epochs, from the Vanilla row's checkpoint).
+#   The reference's stage 1 uses MSE, ours the benchmark's Vanilla row (L1 on the age data): a
+#   difference in the first stage, stated here. Its published IMDB-WIKI-DIR numbers are of the
+#   *balanced* MAE (mean over test labels of each label's MAE), shown in their own column
+#   ("balanced_mae"), never as MAE; they are attached to the two-stage rows and to Vanilla.
+# - ConR: alone, with RankSim, and added to the two RankSim rows its paper reports (AgeDB-DIR few-shot
+#   MAE); "LDS+FDS+RankSim" of its paper is read as SQINV+LDS+FDS+RankSim.
+# - Rank-N-Contrast: stage 1 (encoder; its head is untrained, so its numbers mean nothing) and stage 2
+#   (linear head on the frozen encoder), with the reference schedules (train.py's --rnc defaults) on
+#   ResNet-50 like the other rows (the reference uses ResNet-18); age benchmarks only. No published number in Yang et al.'s protocol is known here.
+# ------------------------------------------------------------------------------------------------
+
+COMPARATOR_GROUPS = ("Balanced MSE", "ConR", "Rank-N-Contrast (two stages)")
+# (STS-B counts iterations, not epochs: its stage 2 keeps the program's schedule and early stop.)
+BMSE_STAGE2 = ("--retrain_fc", "--lr", "1e-4")
+BMSE_STAGE2_EPOCHS = ("--epoch", "10")
+# The reference schedules spelled out (they are also train.py's --rnc defaults) so that the table's
+# settings check sees them; ResNet-50 as every other row of the tables (the reference code uses ResNet-18).
+RNC_ENCODER = ("--rnc", "encoder", "--model", "resnet50", "--lr", "0.5", "--batch_size", "256", "--epoch", "400")
+RNC_LINEAR = ("--rnc", "linear", "--retrain_fc", "--model", "resnet50", "--lr", "0.05", "--batch_size", "64", "--epoch", "100")
+
+
+def build_comparator_rows(benchmark: Benchmark) -> List[Row]:
+    """The comparator rows of ``benchmark`` (appended after the paper's rows)."""
+    age = benchmark.name != "sts-b"
+    rw, rs = ("--reweight", benchmark.reweight), benchmark.ranksim_flags
+    t = benchmark.reweight_title
+    # (group, key, name, flags, stage-1 key or None, ranksim)
+    specs = []
+    for variant in ("bmc", "bni", "gai"):
+        name = variant.upper()
+        specs.append(("Balanced MSE", variant, name, ("--bmse", variant), None, False))
+        specs.append(("Balanced MSE", f"{variant}-rrt", f"{name} (RRT)", ("--bmse", variant) + BMSE_STAGE2 + (BMSE_STAGE2_EPOCHS if age else ()),
+                      "vanilla", False))
+    specs += [
+        ("ConR", "conr", "ConR", ("--conr",), None, False),
+        ("ConR", "conr-ranksim", "ConR+RankSim", ("--conr",) + rs, None, True),
+    ]
+    if age:
+        specs += [
+            ("ConR", f"{t.lower()}-fds-ranksim-conr", f"{t}+FDS+RankSim+ConR", rw + ("--fds",) + rs + ("--conr",),
+             None, True),
+            ("ConR", f"{t.lower()}-lds-fds-ranksim-conr", f"{t}+LDS+FDS+RankSim+ConR",
+             rw + ("--lds", "--fds") + rs + ("--conr",), None, True),
+            ("Rank-N-Contrast (two stages)", "rnc-encoder", "RnC stage 1 (encoder)", RNC_ENCODER, None, False),
+            ("Rank-N-Contrast (two stages)", "rnc", "RnC", RNC_LINEAR, "rnc-encoder", False),
+        ]
+    return [Row(key=key, name=name, group=group, flags=flags, stage1=stage1, ranksim=ranksim,
+                identity=run_identity(flags_to_args(flags, benchmark), benchmark))
+            for group, key, name, flags, stage1, ranksim in specs]
+
+
+for _name, _benchmark in BENCHMARKS.items():
+    ROWS[_name].extend(build_comparator_rows(_benchmark))
+
+# Balanced MSE's IMDB-WIKI-DIR table reports the balanced MAE: its own column on that benchmark.
+BENCHMARKS["imdb_wiki"] = replace(BENCHMARKS["imdb_wiki"], metrics=("mae", "gmean", "balanced_mae"))
+PUBLISHED["imdb_wiki"]["Vanilla"]["balanced_mae"] = _groups((13.923, 7.323, 15.925, 32.778))
+PUBLISHED["imdb_wiki"]["GAI (RRT)"] = {"balanced_mae": _groups((12.690, 7.589, 12.880, 28.307))}
+PUBLISHED["imdb_wiki"]["BMC (RRT)"] = {"balanced_mae": _groups((12.654, 7.649, 12.689, 28.097))}
+PUBLISHED["imdb_wiki"]["BNI (RRT)"] = {"balanced_mae": _groups((12.650, 7.647, 12.696, 28.077))}
+# ConR's AgeDB-DIR few-shot MAE (its baselines 9.68 / 9.92 are the RankSim rows above / its own run).
+PUBLISHED["agedb"]["SQINV+FDS+RankSim+ConR"] = {"mae": {"few": 9.43}}
+PUBLISHED["agedb"]["SQINV+LDS+FDS+RankSim+ConR"] = {"mae": {"few": 9.21}}

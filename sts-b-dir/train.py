@@ -58,6 +58,13 @@ from ranksim.checkpoint import (
     state_dict_of,
     unwrap_model,
 )
+from ranksim.comparators import (
+    Comparator,
+    add_comparator_flags,
+    build_comparator,
+    check_comparator_flags,
+    comparator_run_name,
+)
 from ranksim.distributed import (
     DistContext,
     GatheredRankSim,
@@ -170,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no_progress", action="store_true", help="no progress bars")
     a("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; fp16 with loss "
       "scaling); RankSim, the loss, the head and the metrics stay float32")
+    # ConR's omega on the score / 5 targets: 0.04 = 0.2 score points, the step of most STS-B scores
+    add_comparator_flags(p, with_rnc=False, conr_omega=0.04)
     return p
 
 
@@ -209,6 +218,7 @@ def check_args(args: argparse.Namespace) -> None:
                                   ("--pretrained", args.pretrained, BEST_NAME)):
         if path:
             check_checkpoint_flag(flag, path, file_name)
+    check_comparator_flags(args)
     if args.store_name and ("/" in args.store_name or args.store_name in (".", "..")):
         raise UserError(f"--store_name {args.store_name!r}: must be a plain directory name")
 
@@ -229,6 +239,7 @@ def run_name(args: argparse.Namespace) -> str:
                      f"{args.start_smooth}_{args.fds_mmt:g}")
     if args.regularization_weight > 0:
         parts.append(f"reg{args.regularization_weight:g}_il{args.interpolation_lambda:g}")
+    parts += comparator_run_name(args)
     parts += [args.optimizer, args.loss, f"lr{args.lr:g}", f"bs{args.batch_size}", f"hid{args.d_hid}",
               time.strftime("%Y%m%d-%H%M%S")]
     return "_".join(parts)
@@ -317,7 +328,7 @@ class Progress:
 
 def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int, max_grad_norm: float,
                options: Optional[StepOptions] = None, share: Optional[float] = None,
-               loss_limit: float = EXPLODING_LOSS):
+               loss_limit: float = EXPLODING_LOSS, view_loss=None):
     """One optimizer step on ``batch`` -> (total loss, RankSim term) as floats.
 
     loss = loss_fn(pred, score / 5, weight) [+ gamma * RankSim(pair features, score)]: the head learns
@@ -327,7 +338,8 @@ def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int
     share = b_r * N / B: DDP averages the N ranks' gradients, so scaling each rank's mean loss by its
     share makes the average the global-batch mean even when the last batch of an epoch splits unevenly;
     the regularizer (GatheredRankSim) is computed on the global batch and needs no scaling (see
-    ranksim/distributed.py).
+    ranksim/distributed.py). view_loss: ConR on two dropout draws of the batch (ranksim.comparators),
+    added as is.
     """
     options = options or StepOptions()
     inputs, scores, weights = (t.to(device, non_blocking=True) for t in batch)
@@ -341,6 +353,8 @@ def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int
         reg = regularizer(features, scores) if regularizer is not None else None
         if reg is not None:
             loss = loss + reg
+        if view_loss is not None:
+            loss = loss + view_loss(model, inputs, targets, weights)
     value = (loss.detach() if options.reduce_loss is None else options.reduce_loss(loss.detach())).item()
     if not math.isfinite(value) or abs(value) > loss_limit:
         raise DivergenceError(f"training diverged at epoch {epoch + 1}: loss = {value:.4g}; "
@@ -407,7 +421,7 @@ def rank_batches(num_samples: int, args, epoch: int, ctx: DistContext) -> List[n
 
 def train(args, model, optimizer, progress: Progress, splits, datasets_, device, run_dir: Path,
           logger: RunLogger, vocab: List[str], ctx: Optional[DistContext] = None,
-          options: Optional[StepOptions] = None) -> Progress:
+          options: Optional[StepOptions] = None, comparator: Optional[Comparator] = None) -> Progress:
     """The iteration-based loop: steps, epoch-boundary FDS refresh, validation checks, checkpoints.
     model: DDP-wrapped under torchrun (prediction and the FDS pass use the bare model)."""
     ctx = ctx or DistContext(device=device)
@@ -420,6 +434,9 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
     fds_gather_fn = fds_gather(fds_loader.sampler, len(train_set)) if ctx.distributed and args.fds else None
     loss_fn = stsb_loss(args)
     loss_limit = exploding_loss_limit(args.published_quirks)
+    comparator = comparator or Comparator()
+    if comparator.balanced is not None:  # --bmse replaces --loss
+        loss_fn = comparator.balanced
     gathered = None
     if ctx.distributed and args.regularization_weight > 0:
         gathered = GatheredRankSim(args.regularization_weight, args.interpolation_lambda, device, args.random_seed)
@@ -440,7 +457,7 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
             share = len(indices) * ctx.world_size / len(global_batch) if ctx.distributed else None
             step_regularizer = regularizer if gathered is None else functools.partial(gathered, sizes=sizes)
             loss, reg = train_step(model, batch, optimizer, loss_fn, step_regularizer, device, progress.epoch,
-                                   args.max_grad_norm, options, share, loss_limit)
+                                   args.max_grad_norm, options, share, loss_limit, comparator.view_loss)
             progress.iteration += 1
             progress.batch_in_epoch += 1
             loss_sum, reg_sum = loss_sum + loss, reg_sum + reg
@@ -475,7 +492,7 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
                         "val/spearman": val["spearman"] or 0.0, "train/epoch": progress.epoch},
                        progress.iteration)
         extra = {**progress.state(), "rng": capture_rng_state(), "vocab_fingerprint": vocab_fingerprint(vocab),
-                 "args": vars(args)}
+                 "args": vars(args), **comparator.checkpoint_extra()}
         if options.scaler is not None:
             extra[SCALER_KEY] = options.scaler.state_dict()
         if ctx.is_main:  # only rank 0 writes
@@ -494,7 +511,7 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
 def build_model(args, vocab, embeddings: Optional[torch.Tensor], fds: bool) -> STSBModel:
     return STSBModel(
         len(vocab), d_word=args.d_word, d_hid=args.d_hid, n_layers=args.n_layers_enc, dropout=args.dropout,
-        fds=fds, return_features=args.regularization_weight > 0, train_words=embeddings_trainable(args),
+        fds=fds, return_features=args.regularization_weight > 0 or args.conr, train_words=embeddings_trainable(args),
         embeddings=embeddings, start_update=args.start_update, start_smooth=args.start_smooth,
         kernel=args.fds_kernel, ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt,
         bucket_num=args.bucket_num, bucket_start=args.bucket_start)
@@ -630,10 +647,20 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
         logger.info(f"RRT: encoder from {source}{'; FDS statistics start afresh' if args.fds else ''}; "
                     f"training only {HEAD_NAME}")
     optimizer = make_optimizer(model, args)
+    if ctx.distributed and (args.bmse != "none" or args.conr):
+        raise UserError("--bmse / --conr: not supported under torchrun yet; run them in one process")
+    # Balanced MSE's prior on the targets (score / 5): BNI bins of 0.02 = the 0.1-point STS-B bins
+    comparator = build_comparator(args, np.asarray(splits["train"].scores) / SCORE_SCALE, device,
+                                  bin_width=0.1 / SCORE_SCALE,
+                                  two_views=lambda inputs: (inputs, inputs))
+    comparator.add_sigma_group(optimizer, args.bmse_sigma_lr)
+    if ctx.is_main and not args.evaluate:
+        comparator.save_prior(run_dir)
     progress = Progress()
     if args.resume:
         load_model_state(model, state_dict_of(checkpoint, args.resume), source=args.resume)
         load_optimizer_state(optimizer, checkpoint, args.resume)
+        comparator.restore(checkpoint, args.resume)
         progress = Progress.from_checkpoint(checkpoint)
         if not (run_dir / BEST_NAME).is_file():
             progress.best_val_mse = math.inf  # no best checkpoint to compare against: the next check is best
@@ -654,7 +681,7 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
         logger.info(f"training {n_trainable:,} parameters; {args.val_interval} iterations per check, "
                     f"at most {args.max_vals} checks")
         progress = train(args, wrap_model(model, ctx), optimizer, progress, splits, datasets_, device, run_dir,
-                         logger, vocab, ctx, options)
+                         logger, vocab, ctx, options, comparator)
         # Rank 0 reads the best checkpoint and hands its weights to the other ranks.
         if ctx.is_main:
             best = load_checkpoint(best_path)

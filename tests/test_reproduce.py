@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ranksim.errors import run_cli
-from ranksim.paper import BENCHMARKS, PUBLISHED, ROWS, published
+from ranksim.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED, ROWS, published
 from ranksim.synthetic import make_synthetic_age_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_command_line_entry_point():
     """The script itself: output on stdout, a user error as one line on stderr with exit status 2."""
     ok = subprocess.run([sys.executable, "reproduce.py", "list", "--dataset", "imdb_wiki"], cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and ok.stdout.count("python imdb-wiki-dir/train.py") == 28
+    assert ok.returncode == 0 and ok.stdout.count("python imdb-wiki-dir/train.py") == len(ROWS["imdb_wiki"])
     bad = subprocess.run([sys.executable, "reproduce.py", "list", "--dataset", "cifar"], cwd=REPO, env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stdout == ""
@@ -79,7 +79,7 @@ def write_results(run_dir: Path, dataset: str, args: dict, metrics: dict, mtime=
 
 @pytest.mark.parametrize("dataset", list(BENCHMARKS))
 def test_every_benchmark_has_the_paper_grid_with_and_without_ranksim(dataset):
-    rows = ROWS[dataset]
+    rows = [r for r in ROWS[dataset] if r.group not in COMPARATOR_GROUPS]  # tests/test_paper_comparators.py: the rest
     t = "INV" if dataset == "sts-b" else "SQINV"
     bases = ["Vanilla", "FDS", t, f"{t}+LDS", f"{t}+FDS", f"{t}+LDS+FDS", "Focal-R", "Focal-R+LDS", "Focal-R+FDS",
              "Focal-R+LDS+FDS", "RRT", "RRT+LDS", "RRT+FDS", "RRT+LDS+FDS"]
@@ -137,7 +137,7 @@ def test_published_numbers_belong_to_existing_rows():
 
 def test_list_prints_every_row_with_its_command():
     out = reproduce("list", "--dataset", "agedb").stdout
-    assert out.count("python agedb-dir/train.py") == 28
+    assert out.count("python agedb-dir/train.py") == len(ROWS["agedb"])
     assert ("python agedb-dir/train.py --data_dir agedb-dir/data --store_root runs/agedb --store_name "
             "sqinv-lds --reweight sqrt_inv --lds --lds_kernel gaussian --lds_ks 5 --lds_sigma 2 "
             "--batch_size 256 --lr 1e-3\n") in out
@@ -171,10 +171,11 @@ def test_write_script_and_job_array(tmp_path):
     assert os.access(script, os.X_OK)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
     commands = [line for line in text.splitlines() if "train.py" in line]
-    assert len(commands) == 28
+    assert len(commands) == len(ROWS["agedb"])
     # every RRT stage 2 comes after all one-stage rows (their stage 1)
     first_rrt = next(i for i, c in enumerate(commands) if "--retrain_fc" in c)
-    assert all("--retrain_fc" in c for c in commands[first_rrt:]) and first_rrt == 20
+    assert all("--retrain_fc" in c for c in commands[first_rrt:])
+    assert first_rrt == len([r for r in ROWS["agedb"] if r.stage1 is None])
 
     jobs = tmp_path / "jobs.txt"
     out = reproduce("run", "--dataset", "sts-b", "--rows", "vanilla,rrt", "--job-array", jobs).stdout
@@ -238,10 +239,10 @@ def test_table_from_hand_written_results(tmp_path):
     assert "| Focal-R+LDS |  |  |  |  |  |  |  |  |" in lines
     assert "| SQINV+FDS+RankSim† | [7.02] |" in md
     assert "\\* SQINV+RankSim: run differs from the paper's settings: epoch=1 (paper: 120)" in md
-    assert len([line for line in lines if line.startswith("| ") and "*" not in line[:3]]) == 1 + 28  # header + rows
+    assert len([line for line in lines if line.startswith("| ") and "*" not in line[:3]]) == 1 + len(ROWS["agedb"])
     assert [line.split("*")[1] for line in lines if line.startswith("| *")] == [
-        "Vanilla", "Cost-sensitive re-weighting", "Focal-R", "RRT (two stages)"]
-    assert "3 of 28 rows" not in proc.stderr and "2 of 28 rows have a run" in proc.stderr
+        "Vanilla", "Cost-sensitive re-weighting", "Focal-R", "RRT (two stages)", *COMPARATOR_GROUPS]
+    assert f"2 of {len(ROWS['agedb'])} rows have a run" in proc.stderr
     assert "seed 0 has several runs; the newest is shown" in proc.stderr, proc.stderr
     assert "are no row of the paper's table" in proc.stderr
     assert "--evaluate run" in proc.stderr

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from ranksim.paper import BENCHMARKS, PUBLISHED_QUIRKS_FLAG, ROWS
+from ranksim.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED_QUIRKS_FLAG, ROWS
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((REPO / "tests" / "fixtures" / "published_commands.json").read_text())
 COMMANDS = FIXTURE["commands"]
+# The paper's rows (the later methods' rows appended by ranksim/paper.py have no published RankSim command)
+PAPER_ROWS = {d: [r for r in ROWS[d] if r.group not in COMPARATOR_GROUPS] for d in ROWS}
 
 
 def as_flags(tokens):
@@ -86,7 +88,7 @@ def expected_flags(dataset, row):
 @pytest.mark.parametrize("dataset", list(BENCHMARKS))
 def test_every_row_carries_the_published_commands_flags(dataset):
     assert "9e1c862" in FIXTURE["source"]
-    for row in ROWS[dataset]:
+    for row in PAPER_ROWS[dataset]:
         flags = [f for f in row.flags if f != PUBLISHED_QUIRKS_FLAG]
         assert as_flags(flags) == expected_flags(dataset, row), row.name
 
@@ -94,7 +96,7 @@ def test_every_row_carries_the_published_commands_flags(dataset):
 def test_published_kernels_and_batch_sizes_are_explicit():
     """The issue's cases, spelled out: LDS/FDS gaussian ks 5 sigma 2; IMDB-WIKI RankSim rows batch 256, lr 1e-3."""
     for dataset in BENCHMARKS:
-        for row in ROWS[dataset]:
+        for row in PAPER_ROWS[dataset]:
             flags = as_flags(row.flags)
             if flags.get("lds"):
                 assert (flags["lds_kernel"], flags["lds_ks"], flags["lds_sigma"]) == ("gaussian", 5, 2), row.name

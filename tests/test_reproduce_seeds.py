@@ -9,6 +9,8 @@ import numpy as np
 from scipy import stats
 from test_reproduce import age_metrics, reproduce, write_results
 
+from ranksim.paper import ROWS
+
 PAPER_AGE = {"model": "resnet50", "img_size": 224, "epoch": 120, "optimizer": "adam", "loss": "l1"}
 VANILLA = {**PAPER_AGE, "lr": 1e-3, "batch_size": 256}
 RANKSIM = {**PAPER_AGE, "lr": 2.5e-4, "batch_size": 64, "regularization_weight": 100.0, "interpolation_lambda": 2.0}
@@ -115,7 +117,7 @@ def test_run_with_seeds_gives_one_command_per_row_and_seed(tmp_path):
         "--row vanilla --seed 4) && " in stage2[1]
     script = tmp_path / "all.sh"
     reproduce("run", "--dataset", "agedb", "--rows", "all", "--seeds", "0,1", "--write-script", script)
-    assert len([x for x in script.read_text().splitlines() if "train.py" in x]) == 56
+    assert len([x for x in script.read_text().splitlines() if "train.py" in x]) == 2 * len(ROWS["agedb"])
 
 
 def test_run_skips_only_a_finished_run_with_the_commands_settings(tmp_path):
