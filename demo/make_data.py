@@ -4,16 +4,17 @@
 
 What it is (and why):
 - Train labels follow the published AgeDB-DIR train histogram (121 integer ages, committed below as
-  AGEDB_TRAIN_COUNTS) scaled by TRAIN_SCALE = 0.5, rounding up so that no age present in AgeDB-DIR
-  disappears: 6,149 train images. The shot groups use ABSOLUTE train counts (many > 100, few < 20,
-  SPEC §5), so the scale decides which groups exist: at 0.5 the peak ages have up to 177 images and
-  many / medium / few are all populated (a 3,000-image set would have no many-shot age at all).
+  AGEDB_TRAIN_COUNTS) scaled by train_scale = 0.4 (DEFAULTS), rounding up so that no age present in
+  AgeDB-DIR disappears: 4,922 train images. The shot groups use ABSOLUTE train counts (many > 100,
+  few < 20, the paper's protocol; ranksim/metrics.py), so the scale decides which groups exist: at 0.4
+  the peak ages have up to 142 images and many / medium / few are all populated (a 3,000-image set
+  would have no many-shot age at all). tests/test_demo.py checks these numbers against split_ages().
 - Val and test copy the published balanced test histogram (30 per age in the middle, fewer in the
-  tails; AGEDB_TEST_COUNTS) scaled by EVAL_SCALE = 1/3, rounded up: 10 per age, 730 images each.
+  tails; AGEDB_TEST_COUNTS) scaled by eval_scale = 1/3, rounded up: at most 10 per age, 725 images each.
 - Images (32x32 RGB JPEG) come from :func:`ranksim.synthetic.draw_age_image`: a disc whose radius
   grows with the age, at a random position, in random fore/background colours, with pixel noise.
-  The radius is drawn from the APPARENT age = age + N(0, APPARENT_AGE_SD years): like faces, the
-  picture does not determine the label exactly, so the best possible MAE is not 0 and a model that
+  The radius is drawn from the APPARENT age = age + N(0, apparent_age_sd = 4 years): like faces,
+  the picture does not determine the label exactly, so the best possible MAE is not 0 and a model that
   cannot tell the ages apart falls back on the (imbalanced) train prior - the effect DIR methods target.
 - Deterministic: everything is drawn from ``numpy.random.default_rng(seed)``. Generation is skipped
   when the folder already holds a dataset made with the same parameters (``demo_params.json``).
@@ -54,7 +55,7 @@ AGEDB_TEST_COUNTS = (
 DEFAULTS = {
     "seed": 0,
     "img_size": 32,
-    "train_scale": 0.5,
+    "train_scale": 0.4,
     "eval_scale": 1 / 3,
     "apparent_age_sd": 4.0,   # years: how far the picture's age may be from the label
     "age_range": [0, 101],    # ages mapped to the smallest / largest disc (AgeDB-DIR's ages are 1..101)

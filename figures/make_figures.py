@@ -10,8 +10,8 @@
     python figures/make_figures.py ranks --runs runs/vanilla runs/vanilla-ranksim --names Vanilla RankSim \
         --out ranks.png
 
-Shot groups are the ones the metrics use (SPEC §5): age labels by their number of TRAIN samples
-(many > 100, few < 20, medium otherwise); STS-B bins by the published fixed bin lists.
+Shot groups are the ones the metrics use (the paper's protocol, ranksim/metrics.py): age labels by
+their number of TRAIN samples (many > 100, few < 20, medium otherwise); STS-B bins by the published fixed bin lists.
 `make demo` calls these functions for the demo's figures (demo/run_demo.py).
 """
 import argparse
@@ -103,7 +103,7 @@ def read_results(path: "str | Path") -> dict:
 # ----------------------------------------------------------------------------- shot groups
 
 def age_group_of_counts(counts: np.ndarray) -> np.ndarray:
-    """Group name per integer age from its train count (SPEC §5). counts: int [n] -> object [n]."""
+    """Group name per integer age from its train count (as ranksim/metrics.py). counts: int [n] -> object [n]."""
     groups = np.full(len(counts), "medium", dtype=object)
     groups[counts > AGE_MANY_SHOT_THRESHOLD] = "many"
     groups[counts < AGE_FEW_SHOT_THRESHOLD] = "few"
@@ -249,7 +249,7 @@ def plot_per_label_mae(results: Sequence[dict], names: Sequence[str], out: "str 
 # ----------------------------------------------------------------------------- (c) rank matrices
 
 def similarity_ranks(features, labels):
-    """(label ranks [B, B], feature ranks [B, B]) as RankSim compares them, row by row (SPEC §1).
+    """(label ranks [B, B], feature ranks [B, B]) as RankSim compares them, row by row (ranksim/regularizer.py).
 
     features: float tensor [B, D]; labels: float tensor [B]. Label similarity of i and j is
     -|y_i - y_j|, feature similarity the cosine similarity; each row is ranked with
@@ -284,6 +284,39 @@ def pick_batch(labels: np.ndarray, batch_size: int) -> np.ndarray:
     return first[take]
 
 
+def training_directory(run_dir: Path, store_root: Optional[str]) -> Optional[Path]:
+    """The working directory a run was trained in, or None if it cannot be told.
+
+    Runs record their flags, not their working directory; relative paths in them (``--data_dir
+    ./data``, the checkpoint) are relative to it. A run directory is ``<cwd>/<store_root>/<name>``, so
+    with a relative ``store_root`` the working directory is what remains of the run directory's
+    absolute parent once ``store_root`` is taken off its end.
+    """
+    if not store_root or Path(store_root).is_absolute():
+        return None
+    parent, tail = run_dir.resolve().parent, Path(store_root).parts
+    tail = tuple(part for part in tail if part != ".")
+    if tail and parent.parts[-len(tail):] != tail:
+        return None
+    return Path(*parent.parts[:len(parent.parts) - len(tail)]) if tail else parent
+
+
+def recorded_data_dir(run_dir: Path, data_dir: str, trained_in: Optional[Path]) -> str:
+    """The run's recorded --data_dir as a usable path: relative ones resolved against the directory the
+    run was trained in (else the current one). A one-line error if that folder is not there."""
+    path = Path(data_dir)
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = ([trained_in / path] if trained_in is not None else []) + [Path.cwd() / path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate)
+    raise UserError(f"{run_dir}: its data folder (--data_dir {data_dir} when trained) is not at "
+                    f"{' or '.join(str(c) for c in dict.fromkeys(candidates))}; pass --data_dir FOLDER "
+                    "(the folder holding the run's split CSV and images)")
+
+
 def batch_features(run_dir: "str | Path", data_dir: Optional[str], batch_size: int):
     """Backbone features of one test batch for the best checkpoint of a finished age run.
 
@@ -299,10 +332,13 @@ def batch_features(run_dir: "str | Path", data_dir: Optional[str], batch_size: i
     run_dir = Path(run_dir)
     results = read_results(run_dir)
     args = results.get("args") or {}
+    trained_in = training_directory(run_dir, args.get("store_root"))
     ckpt = Path(results.get("checkpoint", ""))
+    if not ckpt.is_absolute() and trained_in is not None:
+        ckpt = trained_in / ckpt
     if not ckpt.is_file():
         ckpt = run_dir / "ckpt.best.pth.tar"
-    data_dir = data_dir or args.get("data_dir")
+    data_dir = data_dir or recorded_data_dir(run_dir, args.get("data_dir", "./data"), trained_in)
     csv_name = {"imdb_wiki": "imdb_wiki.csv"}.get(results.get("dataset"), "agedb.csv")
     dataset_cls = type("SplitFile", (AgeCSVDataset,), {"csv_name": csv_name})
     table = dataset_cls.read_table(data_dir)

@@ -1,8 +1,10 @@
 """The demo: its synthetic AgeDB-DIR-shaped data (demo/make_data.py) and `make demo` (demo/run_demo.py)
-end to end at a tiny scale (2% of the train set, 16 px, 2 epochs) with the real agedb-dir/train.py."""
+end to end at a tiny scale (2% of the train set, 16 px, 2 epochs, 2 seeds) with the real
+agedb-dir/train.py; and the agedb-dir quick start's synthetic data."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from PIL import Image
 from ranksim.age_data import AgeCSVDataset
 from ranksim.errors import UserError
 from ranksim.metrics import age_shot_groups
+from ranksim.stats import paired_difference, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -42,13 +45,31 @@ def test_demo_split_sizes_and_all_shot_groups_populated():
     ages = make_data.split_ages(make_data.DEFAULTS)
     train_counts = np.bincount(ages["train"], minlength=121)
     published = np.array(make_data.AGEDB_TRAIN_COUNTS)
-    # half the published histogram, rounded up: no age of AgeDB-DIR disappears
-    assert np.array_equal(train_counts, -(-published // 2))
+    # 0.4 x the published histogram, rounded up: no age of AgeDB-DIR disappears
+    assert make_data.DEFAULTS["train_scale"] == 0.4
+    assert np.array_equal(train_counts, np.ceil(published * 0.4 - 1e-9).astype(int))
     assert np.array_equal(train_counts > 0, published > 0)
-    assert len(ages["train"]) == 6130 and len(ages["val"]) == len(ages["test"]) == 725
+    assert len(ages["train"]) == 4922 and len(ages["val"]) == len(ages["test"]) == 725
     assert np.bincount(ages["test"]).max() == 10  # balanced: 30 per age in the published test, a third here
     groups = age_shot_groups(ages["train"], ages["test"])
-    assert {g: int(m.sum()) for g, m in groups.items()} == {"many": 290, "medium": 320, "few": 115}
+    assert {g: int(m.sum()) for g, m in groups.items()} == {"many": 190, "medium": 400, "few": 135}
+
+
+def test_documented_split_sizes_are_the_generated_ones():
+    """make_data.py's and run_demo.py's docstrings and the READMEs state the sizes split_ages gives."""
+    ages = make_data.split_ages(make_data.DEFAULTS)
+    train, held_out = f"{len(ages['train']):,}", f"{len(ages['test']):,}"
+    groups = age_shot_groups(ages["train"], ages["test"])
+    doc = " ".join(make_data.__doc__.split())
+    assert f"{train} train images" in doc and f"{held_out} images each" in doc
+    assert f"train_scale = {make_data.DEFAULTS['train_scale']} (DEFAULTS)" in doc
+    assert f"up to {np.bincount(ages['train']).max()} images" in doc
+    for readme in (REPO / "demo" / "README.md", REPO / "README.md"):
+        text = " ".join(readme.read_text().split())
+        assert f"{train} images" in text and f"{held_out}" in text, readme
+    demo_readme = " ".join((REPO / "demo" / "README.md").read_text().split())
+    counts = ", ".join(f"{int(m.sum())} {g}" for g, m in groups.items())
+    assert counts in demo_readme
 
 
 def test_generation_is_deterministic_readable_and_skipped_when_present(tmp_path, capsys):
@@ -97,10 +118,16 @@ def test_images_depend_on_the_age():
     assert fractions == sorted(fractions) and fractions[-1] > 4 * fractions[0]
 
 
+def table_row(lines, first_cell: str) -> list:
+    """Cells of the first Markdown table row whose first cell starts with ``first_cell``."""
+    row = next(line for line in lines if line.startswith(f"| {first_cell}"))
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
 def test_run_demo_end_to_end_tiny(tmp_path):
     data, runs, figures = tmp_path / "data", tmp_path / "runs", tmp_path / "figs"
     cmd = [sys.executable, str(REPO / "demo" / "run_demo.py"), "--data_dir", str(data), "--runs", str(runs),
-           "--figures", str(figures), "--epochs", "2", "--methods", "vanilla,ranksim",
+           "--figures", str(figures), "--epochs", "2", "--methods", "vanilla,ranksim", "--seeds", "0,1",
            "--train_scale", str(TINY["train_scale"]), "--eval_scale", str(TINY["eval_scale"]),
            "--img_size", str(TINY["img_size"])]
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
@@ -111,24 +138,45 @@ def test_run_demo_end_to_end_tiny(tmp_path):
     table = pd.read_csv(data / "agedb.csv")
     train = table.loc[table["split"] == "train", "age"].to_numpy(float)
     test = table.loc[table["split"] == "test", "age"].to_numpy(float)
-    groups = age_shot_groups(train, test)
+    groups = {"all": np.ones(len(test), bool), **age_shot_groups(train, test)}
     err = np.abs(test - train.mean())
-    baseline = next(line for line in lines if line.startswith("| Predict the train mean"))
-    cells = [c.strip() for c in baseline.strip("|").split("|")]
-    assert cells[0] == f"Predict the train mean ({train.mean():.1f})"
-    for cell, group in zip(cells[1:5], ("all", "many", "medium", "few")):
-        mask = np.ones(len(test), bool) if group == "all" else groups[group]
-        assert cell == (f"{err[mask].mean():.2f}" if mask.any() else "")
-    assert cells[5] == f"{np.exp(np.log(err).mean()):.2f}"
+    cells = table_row(lines, "Predict the train mean")
+    assert cells[0] == f"Predict the train mean ({train.mean():.1f}; no training)"
+    for cell, group in zip(cells[1:], ("all", "many", "medium", "few")):
+        assert cell == (f"{err[groups[group]].mean():.2f}" if groups[group].any() else "")
 
-    # Each method's row shows the numbers of its results.json (the real train.py's).
+    # Each method's row: mean ± sample std over its two runs' results.json (the real train.py's), n=2.
+    results = {}
     for key, name in (("vanilla", "Vanilla"), ("ranksim", "RankSim")):
-        results = json.loads((runs / key / "results.json").read_text())
-        assert results["args"]["model"] == "resnet18" and results["args"]["epoch"] == 2
-        row = next(line for line in lines if line.startswith(f"| {name} |"))
-        assert row.split("|")[2].strip() == f"{results['metrics']['all']['mae']:.2f}"
-    assert json.loads((runs / "ranksim" / "results.json").read_text())["args"]["regularization_weight"] == 100
+        results[key] = [json.loads((runs / f"{key}_seed{seed}" / "results.json").read_text()) for seed in (0, 1)]
+        assert [r["args"]["seed"] for r in results[key]] == [0, 1]
+        assert all(r["args"]["model"] == "resnet18" and r["args"]["epoch"] == 2 for r in results[key])
+        cells = table_row(lines, f"{name} |")
+        for cell, group in zip(cells[1:], ("all", "many", "medium", "few")):
+            if not groups[group].any():
+                assert cell == ""
+                continue
+            values = np.array([r["metrics"][group]["mae"] for r in results[key]])
+            assert cell == f"{values.mean():.2f} ± {values.std(ddof=1):.2f} (n=2)"
+            assert cell == summarize(values).format(2)
+    assert all(r["args"]["regularization_weight"] == 100 for r in results["ranksim"])
+
+    # The paired difference RankSim - Vanilla per group: t interval with 1 degree of freedom.
+    from scipy import stats
+
+    cells = table_row(lines, "RankSim − Vanilla")
+    for cell, group in zip(cells[1:], ("all", "many", "medium", "few")):
+        if not groups[group].any():
+            continue
+        diff = np.array([a["metrics"][group]["mae"] - b["metrics"][group]["mae"]
+                         for a, b in zip(results["ranksim"], results["vanilla"])])
+        half = stats.t.ppf(0.975, 1) * diff.std(ddof=1) / np.sqrt(2)
+        low, high = diff.mean() - half, diff.mean() + half
+        supported = "within noise" if low <= 0 <= high else ("lower" if diff.mean() < 0 else "higher")
+        assert cell == f"{diff.mean():+.2f} [{low:+.2f}, {high:+.2f}] (95% CI, n=2): {supported}"
+        assert cell.startswith(paired_difference(diff, np.zeros(2)).format(2))
     assert (runs / "demo_table.md").read_text() in proc.stdout
+    assert "2 seed(s) per method (0, 1)" in proc.stdout
     for name in ("demo_examples.png", "demo_label_distribution.png", "demo_per_label_mae.png",
                  "demo_rank_matrices.png"):
         with Image.open(figures / name) as img:
@@ -137,8 +185,9 @@ def test_run_demo_end_to_end_tiny(tmp_path):
     # Again: the finished runs are reused, nothing is trained.
     again = subprocess.run(cmd + ["--no_figures"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("using the finished run") == 2 and "run directory:" not in again.stdout
-    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["ranksim", "vanilla"]
+    assert again.stdout.count("using the finished run") == 4 and "run directory:" not in again.stdout
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [
+        "ranksim_seed0", "ranksim_seed1", "vanilla_seed0", "vanilla_seed1"]
 
 
 def test_run_demo_rejects_unknown_method(tmp_path):
@@ -147,3 +196,25 @@ def test_run_demo_rejects_unknown_method(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == ("error: --methods vanilla,lds: unknown method(s) lds; choose from vanilla, ranksim, "
                            "sqinv-ranksim\n")
+
+
+def test_run_demo_rejects_bad_seeds(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "demo" / "run_demo.py"), "--seeds", "0,0",
+                           "--runs", str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --seeds 0,0: give distinct non-negative integers separated by commas, e.g. 0,1,2\n"
+
+
+def test_agedb_quick_start_data_has_all_three_shot_groups(tmp_path):
+    """The `python -c` line of agedb-dir/README.md's quick start, run as shown (in a scratch folder)."""
+    readme = (REPO / "agedb-dir" / "README.md").read_text()
+    code = re.search(r'^python -c "(from ranksim\.synthetic import [^"]+)"$', readme, flags=re.M).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "synthetic" / "agedb.csv")
+    train = table.loc[table["split"] == "train", "age"].to_numpy()
+    test = table.loc[table["split"] == "test", "age"].to_numpy()
+    counts = {g: int(m.sum()) for g, m in age_shot_groups(train, test).items()}
+    assert min(counts.values()) > 0, counts
+    assert f"{counts['many']} many-, {counts['medium']} medium- and {counts['few']} few-shot" in " ".join(readme.split())

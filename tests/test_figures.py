@@ -1,6 +1,7 @@
 """figures/make_figures.py: shot groups, similarity ranks, batch features, and the three figure kinds."""
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def png_size(path: Path):
 
 
 def reference_rank_normalised(row: np.ndarray) -> np.ndarray:
-    """SPEC §1.4 written out: descending positions, ties -> larger index first, (rank + 1) / n."""
+    """ranksim.rank_normalised written out: descending positions, ties -> larger index first, (rank + 1) / n."""
     n = len(row)
     order = sorted(range(n), key=lambda j: (-row[j], -j))
     ranks = np.empty(n)
@@ -52,7 +53,8 @@ def test_age_groups_follow_the_train_count_thresholds():
 
 
 def test_published_agedb_and_stsb_test_groups():
-    """Groups as the figure shades them reproduce SPEC §5's published test group sizes."""
+    """Groups as the figure shades them reproduce the published AgeDB-DIR test group sizes
+    (1,530 / 448 / 162; Yang et al., ICML 2021)."""
     counts = json.loads((FIXTURES / "agedb_labels.json").read_text())["counts"]
     train = np.repeat(np.arange(121), counts["train"]).astype(float)
     test = np.repeat(np.arange(121), counts["test"]).astype(float)
@@ -194,6 +196,61 @@ def test_cli_errors_are_one_line(tiny_runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(figs.main, ["ranks", "--runs", str(tmp_path), "--names", "A", "--out", str(tmp_path / "y.png")])
     assert "results.json not found" in capsys.readouterr().err
+
+
+def run_trained_with_relative_paths(bench: Path, run_name: str = "run0") -> Path:
+    """A run as `python train.py` leaves it when started inside ``bench`` with the defaults: results.json
+    records --data_dir ./data, --store_root checkpoint and a relative checkpoint path."""
+    make_synthetic_age_dataset(bench / "data", n_train=40, n_val=8, n_test=24, img_size=16, seed=3)
+    run = bench / "checkpoint" / run_name
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_checkpoint({"epoch": 1, "model": "resnet18", "best_loss": 1.0,
+                     "state_dict": add_module_prefix(resnet18().state_dict())}, run / "ckpt.best.pth.tar")
+    (run / "results.json").write_text(json.dumps({
+        "dataset": "agedb", "split": "test", "checkpoint": f"checkpoint/{run_name}/ckpt.best.pth.tar", "epoch": 1,
+        "args": {"model": "resnet18", "img_size": 16, "data_dir": "./data", "store_root": "checkpoint"},
+        "metrics": {"all": {"mae": 3.0}}, "per_label": {"20": {"count": 1, "mae": 1.0}}}))
+    return run
+
+
+def test_ranks_from_another_directory_resolve_the_runs_relative_data_dir(tmp_path, monkeypatch):
+    """A run trained inside agedb-dir/ with the default ./data, drawn from the repository root."""
+    bench = tmp_path / "agedb-dir"
+    run = run_trained_with_relative_paths(bench)
+    monkeypatch.chdir(tmp_path)  # here ./data does not exist
+    assert figs.training_directory(run, "checkpoint") == bench.resolve()
+    assert figs.training_directory(run, "elsewhere") is None
+    features, labels, _ = figs.batch_features(Path("agedb-dir/checkpoint/run0"), None, batch_size=6)
+    test = pd_test_ages(bench / "data")
+    assert features.shape == (6, 512) and set(labels.numpy()) <= set(test)
+    figs.main(["ranks", "--runs", "agedb-dir/checkpoint/run0", "--names", "A", "--batch_size", "6",
+               "--out", str(tmp_path / "r.png")])
+    assert png_size(tmp_path / "r.png")[0] > 300
+
+
+def pd_test_ages(data: Path) -> list:
+    import pandas as pd
+
+    table = pd.read_csv(data / "agedb.csv")
+    return table.loc[table["split"] == "test", "age"].tolist()
+
+
+def test_ranks_with_a_missing_data_dir_names_it_and_the_flag(tmp_path, monkeypatch, capsys):
+    from ranksim.errors import run_cli
+
+    bench = tmp_path / "agedb-dir"
+    run_trained_with_relative_paths(bench)
+    shutil.rmtree(bench / "data")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(figs.main, ["ranks", "--runs", "agedb-dir/checkpoint/run0", "--names", "A", "--out",
+                            str(tmp_path / "r.png")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: agedb-dir/checkpoint/run0: its data folder")
+    assert str(bench.resolve() / "data") in err and "pass --data_dir FOLDER" in err
+    assert not (tmp_path / "r.png").exists()
 
 
 def test_committed_figures_exist():
