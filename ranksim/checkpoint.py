@@ -207,11 +207,13 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError/... for bad files
         message = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module ..."
+        refused = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", message, re.IGNORECASE)
         if refused:
-            detail = (f"it contains a Python object ({refused.group(1)}) other than tensors and plain data, "
-                      "refused because loading it could run code (torch.load weights_only=True)")
-        elif os.path.getsize(path) == 0:
+            raise UserError(f"checkpoint {path}: contains code (the pickle global {refused.group(1)}) that "
+                            "weights_only loading refuses, so it was not loaded; use a checkpoint written by "
+                            "torch.save of tensors and plain data from a source you trust") from None
+        if os.path.getsize(path) == 0:
             detail = "the file is empty"
         else:
             detail = "not a readable PyTorch checkpoint (truncated, damaged, or another file format)"
