@@ -101,6 +101,9 @@ BEST_NAME = "ckpt.best.pth.tar"
 AGEDB_DEFAULTS = {"dataset": "agedb", "lds_ks": 9, "fds_ks": 9, "bucket_start": 3, "epoch": 120}
 
 
+MAX_IMG_SIZE = 1024  # 4.6x the paper's 224 per side (~21x the memory); beyond it a run only dies of memory later
+
+
 def is_head_key(key: str) -> bool:
     """Keys RRT does not load from --pretrained (SPEC §7: names containing 'linear' or 'fc')."""
     return "linear" in key or "fc" in key
@@ -174,6 +177,12 @@ def check_args(args: argparse.Namespace) -> None:
     if args.evaluate and not args.resume:
         raise UserError("--evaluate: pass the checkpoint to test with --resume <ckpt.pth.tar>")
     check_positive(args, ("lr", "epoch", "batch_size", "img_size", "print_freq"))
+    if args.img_size > MAX_IMG_SIZE:
+        raise UserError(f"--img_size {args.img_size}: at most {MAX_IMG_SIZE} (activation memory grows with the "
+                        f"pixel count: {(args.img_size / 224) ** 2:.0f}x that of the paper's 224); use e.g. 224")
+    if args.batch_size < 2 and not args.evaluate:
+        raise UserError(f"--batch_size {args.batch_size}: training needs at least 2 samples per batch (BatchNorm "
+                        "normalises over the batch and RankSim compares the labels in it); use 2 or more")
     if args.resume:
         check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
     if args.pretrained:

@@ -41,6 +41,14 @@ def check_method_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--bucket_num {args.bucket_num}: must be > 0")
     if not 0 <= args.bucket_start < args.bucket_num:
         raise UserError(f"--bucket_start {args.bucket_start}: must be in [0, --bucket_num {args.bucket_num})")
+    num_buckets = args.bucket_num - args.bucket_start
+    if args.fds and args.fds_ks // 2 >= num_buckets:  # FDS pads the bucket statistics by fds_ks // 2 (reflect)
+        raise UserError(f"--fds_ks {args.fds_ks}: FDS smooths over --bucket_num - --bucket_start = {num_buckets} "
+                        f"label buckets, too few for this kernel; use --fds_ks <= {2 * num_buckets - 1} or more "
+                        "buckets")
+    for flag in ("start_update", "start_smooth"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be an epoch number >= 0")
     if not 0 <= args.fds_mmt < 1:
         raise UserError(f"--fds_mmt {args.fds_mmt}: the momentum must be in [0, 1)")
     if not (args.regularization_weight >= 0 and math.isfinite(args.regularization_weight)):

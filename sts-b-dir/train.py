@@ -423,10 +423,11 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
         if is_best:
             progress.best_val_mse, progress.best_iteration = val["mse"], progress.iteration
         check = len(progress.val_history)
+        ranksim_note = f" (RankSim {reg_sum / args.val_interval:.4f})" if args.regularization_weight > 0 else ""
         # "epoch" here is the 1-based epoch now running, as in the age logs; checkpoints keep progress.epoch
         # (completed passes), which --resume reads.
         logger.info(f"check {check}/{args.max_vals} | iter {progress.iteration} | epoch {progress.epoch + 1} | "
-                    f"train loss {loss_sum / args.val_interval:.4f} (RankSim {reg_sum / args.val_interval:.4f}) | "
+                    f"train loss {loss_sum / args.val_interval:.4f}{ranksim_note} | "
                     f"val mse {val['mse']:.4f} mae {val['mae']:.4f} pearson {val['pearson'] or 0:.4f} | "
                     f"best mse {progress.best_val_mse:.4f} @ iter {progress.best_iteration}" + (" *" if is_best else ""))
         logger.scalars({"train/loss": loss_sum / args.val_interval, "train/ranksim": reg_sum / args.val_interval,

@@ -305,6 +305,10 @@ def test_defaults_are_the_published_ones():
     (["--workers", "-1"], r"--workers -1: "),
     (["--regularization_weight", "-1"], r"--regularization_weight -1.0: "),
     (["--bucket_start", "100"], r"--bucket_start 100: "),
+    (["--batch_size", "1"], r"--batch_size 1: .*BatchNorm"),
+    (["--fds", "--bucket_num", "1", "--bucket_start", "0"], r"--fds_ks 9: .*1 label buckets"),
+    (["--fds", "--start_smooth", "-1"], r"--start_smooth -1: "),
+    (["--img_size", "100000"], r"--img_size 100000: at most 1024"),
 ])
 def test_bad_flags_one_line_nothing_created(extra, message, data, tmp_path):
     store = tmp_path / "runs"

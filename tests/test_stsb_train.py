@@ -104,6 +104,7 @@ def test_vanilla_run_writes_the_run_directory_and_results(vanilla, data):
     assert preds.min() >= 0.0 and preds.max() <= 5.0 and len(preds) == 40
     log = (vanilla / "training.log").read_text()
     assert "check 3/3 | iter 30" in log and "check 4/" not in log
+    assert "RankSim" not in log  # RankSim is off: no "(RankSim 0.0000)" in the check lines
 
 
 def test_evaluate_round_trip_gives_the_training_runs_test_metrics(vanilla, data):
