@@ -374,8 +374,8 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
     except UserError as exc:  # e.g. an unreadable image found mid-epoch: keep the reason with the run
         logger.record_error(exc)
         raise
-    except KeyboardInterrupt:
-        raise logger.interrupted(run_dir / CKPT_NAME) from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (errors.Terminated)
+        raise logger.interrupted(run_dir / CKPT_NAME, stop) from None
     finally:
         logger.close()
 

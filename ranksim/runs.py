@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write
-from .errors import UserError, one_line
+from .errors import UserError, interrupt_label, one_line
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
@@ -93,13 +93,15 @@ class RunLogger:
         self._log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | {prefix}{one_line(str(error))}\n")
         self._log_file.flush()
 
-    def interrupted(self, checkpoint: PathLike) -> KeyboardInterrupt:
-        """Ctrl-C during a run: a KeyboardInterrupt whose message (printed by run_cli) says how to resume
-        from ``checkpoint`` (the run's ckpt.pth.tar) when it exists; the same line goes to training.log."""
+    def interrupted(self, checkpoint: PathLike, stop: Optional[KeyboardInterrupt] = None) -> KeyboardInterrupt:
+        """Ctrl-C or SIGTERM (``stop``: the caught KeyboardInterrupt / errors.Terminated) during a run: the
+        same kind of exception, whose message (printed by run_cli) says how to resume from ``checkpoint``
+        (the run's ckpt.pth.tar) when it exists; the same line goes to training.log."""
         hint = (f"resume with --resume {checkpoint}" if Path(checkpoint).is_file()
                 else "no checkpoint was written yet; start again")
-        self.record_error(KeyboardInterrupt(hint), prefix="interrupted (Ctrl-C); ")
-        return KeyboardInterrupt(hint)
+        stopped = type(stop or KeyboardInterrupt())(hint)
+        self.record_error(stopped, prefix=f"{interrupt_label(stopped)}; ")
+        return stopped
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         """Record scalar ``value`` (float) under ``tag`` (e.g. 'val/mae') at ``step`` (int)."""

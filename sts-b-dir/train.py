@@ -547,8 +547,8 @@ def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
         if vocab_note:
             logger.info(vocab_note)
         return run(args, device, splits, vocab, datasets_, source, checkpoint, run_dir, logger, ctx, options)
-    except KeyboardInterrupt:
-        raise logger.interrupted(run_dir / CKPT_NAME) from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (errors.Terminated)
+        raise logger.interrupted(run_dir / CKPT_NAME, stop) from None
     finally:
         logger.close()
 
