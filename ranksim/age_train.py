@@ -75,7 +75,7 @@ from ranksim.engine import (
     update_fds_statistics,
 )
 from ranksim.errors import OneLineArgumentParser, UserError
-from ranksim.flags import check_method_flags, check_positive
+from ranksim.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
 from ranksim.kernels import KERNELS
 from ranksim.losses import LOSSES, get_loss
 from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
@@ -189,6 +189,27 @@ def check_args(args: argparse.Namespace) -> None:
         check_checkpoint_flag("--pretrained", args.pretrained, BEST_NAME)
 
 
+# Settings that define the model a checkpoint holds: --evaluate / --resume take them from the flags the
+# checkpoint records (see adopt_checkpoint_settings).
+MODEL_FLAGS = ("model", "img_size", "fds", "fds_kernel", "fds_ks", "fds_sigma", "start_update", "start_smooth",
+               "bucket_num", "bucket_start", "fds_mmt")
+
+
+def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
+    """--resume CKPT (with or without --evaluate): MODEL_FLAGS from CKPT's recorded flags ('args', written
+    by this program); a contradicting flag in ``explicit`` (those given on the command line) is a UserError.
+    A checkpoint without recorded flags (published) gives only its 'model' entry; the other settings stay
+    as passed, by default the paper's."""
+    if not args.resume:
+        return
+    check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
+    checkpoint = load_checkpoint(args.resume)
+    recorded = checkpoint.get("args")
+    if not isinstance(recorded, dict):
+        recorded = {"model": checkpoint["model"]} if isinstance(checkpoint.get("model"), str) else {}
+    adopt_recorded_flags(args, explicit, recorded, MODEL_FLAGS, f"--resume {args.resume}")
+
+
 def run_name(args: argparse.Namespace) -> str:
     """Directory name encoding the settings, e.g.
     agedb_resnet50_sqrt_inv_lds_gau_9_1.0_ranksim_100.0_2.0_adam_l1_0.00025_64_20240101-120000."""
@@ -299,7 +320,12 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
     every rank, and only rank 0 prints it (the others exit with the same code, silently).
     """
     args = build_parser(defaults).parse_args(argv)
-    return run_on_every_rank(lambda ctx: run(args, dataset_cls, ctx), check=lambda: check_args(args),
+
+    def check() -> None:
+        adopt_checkpoint_settings(args, explicit_flags(lambda: build_parser(defaults), argv))
+        check_args(args)
+
+    return run_on_every_rank(lambda ctx: run(args, dataset_cls, ctx), check=check,
                              batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
 

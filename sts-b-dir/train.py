@@ -80,7 +80,7 @@ from ranksim.engine import (
 )
 from ranksim.engine import ranksim_regularizer as make_ranksim_regularizer
 from ranksim.errors import OneLineArgumentParser, UserError, run_cli
-from ranksim.flags import check_method_flags, check_positive
+from ranksim.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
 from ranksim.losses import LOSSES, get_loss
 from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
 from ranksim.runs import (
@@ -189,6 +189,25 @@ def check_args(args: argparse.Namespace) -> None:
             check_checkpoint_flag(flag, path, file_name)
     if args.store_name and ("/" in args.store_name or args.store_name in (".", "..")):
         raise UserError(f"--store_name {args.store_name!r}: must be a plain directory name")
+
+
+# Settings that define the model (and its vocabulary) a checkpoint holds: --evaluate / --resume take them
+# from the flags the checkpoint records (see adopt_checkpoint_settings).
+MODEL_FLAGS = ("d_word", "d_hid", "n_layers_enc", "max_seq_len", "max_word_v_size", "fds", "fds_kernel", "fds_ks",
+               "fds_sigma", "start_update", "start_smooth", "bucket_num", "bucket_start", "fds_mmt")
+
+
+def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
+    """--evaluate --eval_model CKPT / --resume CKPT: MODEL_FLAGS from CKPT's recorded flags ('args', written
+    by this program); a contradicting flag in ``explicit`` (given on the command line) is a UserError. A
+    published model_state_best.th records none: the flags stay as passed, by default the paper's."""
+    flag, path = ("--eval_model", args.eval_model) if args.evaluate else ("--resume", args.resume)
+    if not path:
+        return
+    check_checkpoint_flag(flag, path, BEST_NAME if args.evaluate else CKPT_NAME)
+    recorded = load_checkpoint(path).get("args")
+    if isinstance(recorded, dict):
+        adopt_recorded_flags(args, explicit, recorded, MODEL_FLAGS, f"{flag} {path}")
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -504,7 +523,12 @@ def main(argv=None) -> Dict:
     """Parse the flags, join the torchrun process group if there is one, run. A user error stops every
     rank; only rank 0 prints it (the others exit with the same code, quietly)."""
     args = build_parser().parse_args(argv)
-    return run_on_every_rank(lambda ctx: prepare_and_run(args, argv, ctx), check=lambda: check_args(args),
+
+    def check() -> None:
+        adopt_checkpoint_settings(args, explicit_flags(build_parser, argv))
+        check_args(args)
+
+    return run_on_every_rank(lambda ctx: prepare_and_run(args, argv, ctx), check=check,
                              batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
 

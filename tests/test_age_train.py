@@ -335,12 +335,12 @@ def test_missing_split_file_names_the_command(tmp_path):
 
 def test_checkpoint_of_another_architecture(vanilla, data, store):
     best = str(vanilla / "ckpt.best.pth.tar")
-    with pytest.raises(UserError, match=r"checkpoint of a resnet18, but --model is resnet50; pass --model resnet18"):
+    with pytest.raises(UserError, match=r"--model resnet50: .* was trained with --model resnet18; leave --model out"):
         main(common_args(data, store, "x") + ["--model", "resnet50", "--evaluate", "--resume", best],
              AGEDB_DEFAULTS, AgeDB)
     # Without the 'model' entry the key check still refuses it, listing the keys.
     ckpt = load_ckpt(best)
-    del ckpt["model"]
+    del ckpt["model"], ckpt["args"]
     torch.save(ckpt, store / "anonymous.pth.tar")
     with pytest.raises(UserError, match=r"165 missing keys \(layer1\.0\.conv3\.weight.*shape mismatches \(layer1\.0\.conv1\.weight"):
         main(common_args(data, store, "x") + ["--model", "resnet50", "--evaluate", "--resume",

@@ -81,3 +81,67 @@ def test_sigterm_mid_training_names_the_resume_command_and_exits_143(program, ag
     line = err.strip().splitlines()[-1]
     assert line == f"terminated (SIGTERM); resume with --resume {checkpoint}"
     assert (store / "run" / "training.log").read_text().splitlines()[-1].endswith(line)
+
+
+# ------------------------------------------------------------------------- settings from the checkpoint
+
+
+@pytest.fixture(scope="module")
+def run_32px(age_data, tmp_path_factory):
+    store = tmp_path_factory.mktemp("runs_32px")
+    proc = run_age(age_args(age_data, store, "run", img_size=32, epochs=1))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return store / "run"
+
+
+def results_of(run_dir):
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def test_evaluate_takes_img_size_from_the_checkpoint(run_32px, age_data, tmp_path):
+    """A 32-px checkpoint evaluated without --img_size (default 224) used to be tested on 224-px images."""
+    argv = ["--data_dir", str(age_data), "--workers", "0", "--store_root", str(tmp_path), "--store_name", "eval",
+            "--evaluate", "--resume", str(run_32px / "ckpt.best.pth.tar")]  # no --model, no --img_size
+    proc = run_age(argv)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = results_of(tmp_path / "eval")
+    assert evaluated["args"]["img_size"] == 32 and evaluated["args"]["model"] == "resnet18"
+    assert evaluated["metrics"] == results_of(run_32px)["metrics"]
+
+
+def test_a_flag_contradicting_the_checkpoint_is_refused(run_32px, age_data, tmp_path):
+    argv = ["--data_dir", str(age_data), "--workers", "0", "--store_root", str(tmp_path / "runs"),
+            "--evaluate", "--resume", str(run_32px / "ckpt.best.pth.tar"), "--img_size", "64"]
+    proc = run_age(argv)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: --img_size 64: --resume {run_32px / 'ckpt.best.pth.tar'} was trained "
+                                   "with --img_size 32; leave --img_size out (it is taken from the checkpoint) or "
+                                   "pass --img_size 32")
+    assert not (tmp_path / "runs").exists()
+    # the same value given explicitly is fine (checked in-process: flags only)
+    from ranksim.age_train import AGEDB_DEFAULTS, adopt_checkpoint_settings, build_parser
+    from ranksim.flags import explicit_flags
+    argv[-1] = "32"
+    args = build_parser(AGEDB_DEFAULTS).parse_args(argv)
+    adopt_checkpoint_settings(args, explicit_flags(lambda: build_parser(AGEDB_DEFAULTS), argv))
+    assert (args.img_size, args.model, args.bucket_start) == (32, "resnet18", 3)
+
+
+def run_stsb(args):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=STSB_DIR, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_stsb_evaluate_takes_the_model_sizes_from_the_checkpoint(stsb_data, tmp_path):
+    proc = run_stsb(stsb_args(stsb_data, tmp_path, "run", "--max_vals", "1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = tmp_path / "run" / "ckpt.best.pth.tar"
+    base = ["--data_dir", str(stsb_data["data_dir"]), "--no_progress", "--store_root", str(tmp_path),
+            "--evaluate", "--eval_model", str(best)]
+    proc = run_stsb(base + ["--store_name", "eval"])  # no --d_hid 16 / --d_word 8: the defaults 1500 / 300
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results_of(tmp_path / "eval")["metrics"] == results_of(tmp_path / "run")["metrics"]
+    proc = run_stsb(base + ["--store_name", "refused", "--d_hid", "32"])
+    assert proc.returncode == 2 and last_stderr_line(proc).startswith(
+        f"error: --d_hid 32: --eval_model {best} was trained with --d_hid 16; leave --d_hid out")
+    assert not (tmp_path / "refused").exists()
