@@ -387,6 +387,9 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
         logger.info("args: " + " ".join(f"--{k}={v}" for k, v in vars(args).items()))
         logger.info(f"device {device}, workers {workers}; train/val/test = {sizes['train']}/{sizes['val']}/"
                     f"{sizes['test']}; train weights min {weights.min():.3g} max {weights.max():.3g}")
+        overlap = dataset_cls.overlap_warning(table)
+        if overlap:
+            logger.info(overlap)
         if ctx.distributed:
             logger.info(f"distributed: {ctx.world_size} processes x {local_batch} samples = global batch "
                         f"{args.batch_size}{' (SyncBatchNorm)' if args.sync_bn else ''}")

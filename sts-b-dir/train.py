@@ -585,6 +585,8 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
     logger.info(f"run directory: {run_dir}")
     logger.info(f"device: {device}; sizes: train {len(splits['train'])}, val {len(splits['val'])}, "
                 f"test {len(splits['test'])} pairs; vocabulary {len(vocab)} entries")
+    logger.info("rows skipped (no score, or a sentence without tokens): " +
+                ", ".join(f"{Path(split.path).name} {split.skipped}" for split in splits.values()))
     if ctx.distributed:
         logger.info(f"distributed: {ctx.world_size} processes share each global batch of {args.batch_size}")
     if ctx.is_main:

@@ -145,3 +145,21 @@ def test_stsb_evaluate_takes_the_model_sizes_from_the_checkpoint(stsb_data, tmp_
     assert proc.returncode == 2 and last_stderr_line(proc).startswith(
         f"error: --d_hid 32: --eval_model {best} was trained with --d_hid 16; leave --d_hid out")
     assert not (tmp_path / "refused").exists()
+
+
+# ------------------------------------------------------------------------------------------ data checks
+
+
+def test_age_train_test_overlap_is_warned_about():
+    import pandas as pd
+
+    from ranksim.age_data import AgeCSVDataset
+
+    table = pd.DataFrame({"age": [20, 30, 40, 50, 60], "split": ["train", "train", "val", "test", "test"],
+                          "path": ["a.jpg", "b.jpg", "c.jpg", "b.jpg", "e.jpg"]})
+    assert AgeCSVDataset.overlap_warning(table).startswith(
+        "warning: 1 test image path(s) also appear in the train split (e.g. b.jpg)")
+    table.loc[2, "path"] = "a.jpg"
+    assert "1 val, 1 test image path(s)" in AgeCSVDataset.overlap_warning(table)
+    assert AgeCSVDataset.overlap_warning(table[table["path"] != "b.jpg"].assign(
+        path=["a.jpg", "c.jpg", "e.jpg"])) is None
