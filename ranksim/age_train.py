@@ -191,15 +191,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 # Settings that define the model a checkpoint holds: --evaluate / --resume take them from the flags the
 # checkpoint records (see adopt_checkpoint_settings).
-MODEL_FLAGS = ("model", "img_size", "fds", "fds_kernel", "fds_ks", "fds_sigma", "start_update", "start_smooth",
-               "bucket_num", "bucket_start", "fds_mmt")
+FDS_FLAGS = ("fds", "fds_kernel", "fds_ks", "fds_sigma", "start_update", "start_smooth", "bucket_num",
+             "bucket_start", "fds_mmt")
+MODEL_FLAGS = ("model", "img_size") + FDS_FLAGS
 
 
 def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
     """--resume CKPT (with or without --evaluate): MODEL_FLAGS from CKPT's recorded flags ('args', written
     by this program); a contradicting flag in ``explicit`` (those given on the command line) is a UserError.
-    A checkpoint without recorded flags (published) gives only its 'model' entry; the other settings stay
-    as passed, by default the paper's."""
+    --evaluate takes the FDS flags only from a checkpoint trained with FDS (FDS does not smooth in
+    evaluation; its buffers then load as trained), so evaluating a run without FDS keeps this program's
+    FDS defaults. A checkpoint without recorded flags (published) gives only its 'model' entry; the other
+    settings stay as passed, by default the paper's."""
     if not args.resume:
         return
     check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
@@ -207,7 +210,8 @@ def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
     recorded = checkpoint.get("args")
     if not isinstance(recorded, dict):
         recorded = {"model": checkpoint["model"]} if isinstance(checkpoint.get("model"), str) else {}
-    adopt_recorded_flags(args, explicit, recorded, MODEL_FLAGS, f"--resume {args.resume}")
+    flags = MODEL_FLAGS if not args.evaluate or recorded.get("fds") else ("model", "img_size")
+    adopt_recorded_flags(args, explicit, recorded, flags, f"--resume {args.resume}")
 
 
 def run_name(args: argparse.Namespace) -> str:

@@ -68,13 +68,34 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
             signal.signal(signal.SIGTERM, previous)
 
 
+def cannot_write(path: "str | os.PathLike", error: OSError) -> UserError:
+    """UserError "cannot write <path>: <cause>; ..." for an OSError (full disk, read-only or missing
+    folder, a file where a folder should be) while writing ``path``."""
+    cause = error.strerror or str(error) or type(error).__name__
+    return UserError(f"cannot write {os.fspath(path)}: {cause}; free disk space or pass a writable location "
+                     "(e.g. --store_root)")
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse.ArgumentParser whose command-line errors are one line, like every other user error.
 
     Plain argparse prints its whole usage block (a dozen lines for train.py) before the error. This
     prints ``error: <argparse's message>; <prog> -h lists every flag`` on stderr and exits with status 2;
     for an unknown flag it names the closest known one (``did you mean --regularization_weight?``).
+    ``-h`` shows every flag's default: the formatter is ArgumentDefaultsHelpFormatter unless another is
+    given, and a flag without help text gets "(default: <value>)" as its help (argparse prints no line,
+    and so no default, for a flag without help).
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+                action.help = "(default: %(default)s)"
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write
-from .errors import UserError, interrupt_label, one_line
+from .errors import UserError, cannot_write, interrupt_label, one_line
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
@@ -39,16 +39,18 @@ def make_run_dir(store_root: PathLike, store_name: str) -> Path:
     root = Path(store_root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--store_root {root}: is a file, not a directory; pass a directory for run outputs")
-    root.mkdir(parents=True, exist_ok=True)
     suffix = 1
     while True:
         candidate = root / (store_name if suffix == 1 else f"{store_name}_{suffix}")
         try:
+            root.mkdir(parents=True, exist_ok=True)
             candidate.mkdir()
             return candidate
         except FileExistsError:
             if candidate.is_dir() and not any(candidate.iterdir()):
                 return candidate
+        except OSError as exc:  # read-only or full disk, a file in the path
+            raise cannot_write(candidate, exc) from None
         suffix += 1
 
 
@@ -70,8 +72,37 @@ class RunLogger:
         self._writer = None
         self._tensorboard_missing = False
         if enabled:
+            self._open_log()
+
+    def _open_log(self) -> None:
+        path = self.run_dir / LOG_NAME
+        try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.run_dir / LOG_NAME, "a", encoding="utf-8")
+            self._log_file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise cannot_write(path, exc) from None
+
+    def _reopen_if_deleted(self) -> None:
+        """The run directory (or training.log) deleted mid-run: writes would go to the unlinked file, so
+        re-create both and say so once, on stderr and at the top of the new training.log."""
+        if os.fstat(self._log_file.fileno()).st_nlink > 0:
+            return
+        self._log_file.close()
+        self._open_log()
+        notice = (f"warning: {self.run_dir / LOG_NAME} was deleted during the run; re-created it (with the run "
+                  "directory if that was deleted too): earlier log lines and checkpoints are gone, the next ones "
+                  "are written again")
+        print(notice, file=sys.stderr, flush=True)
+        self._write_lines(notice)
+
+    def _write_lines(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            for line in str(message).splitlines() or [""]:
+                self._log_file.write(f"{stamp} | {line}\n")
+            self._log_file.flush()
+        except OSError as exc:
+            raise cannot_write(self.run_dir / LOG_NAME, exc) from None
 
     def info(self, message: str) -> None:
         """Print ``message`` (str, may span lines) and append it to training.log."""
@@ -81,17 +112,15 @@ class RunLogger:
 
         tqdm.write(str(message), file=sys.stdout)
         sys.stdout.flush()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        for line in str(message).splitlines() or [""]:
-            self._log_file.write(f"{stamp} | {line}\n")
-        self._log_file.flush()
+        self._reopen_if_deleted()
+        self._write_lines(str(message))
 
     def record_error(self, error: BaseException, prefix: str = "error: ") -> None:
         """Append ``<prefix><one-line message>`` to training.log only (run_cli prints it on stderr)."""
         if not self.enabled or self._log_file is None:
             return
-        self._log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | {prefix}{one_line(str(error))}\n")
-        self._log_file.flush()
+        self._reopen_if_deleted()
+        self._write_lines(prefix + one_line(str(error)))
 
     def interrupted(self, checkpoint: PathLike, stop: Optional[KeyboardInterrupt] = None) -> KeyboardInterrupt:
         """Ctrl-C or SIGTERM (``stop``: the caught KeyboardInterrupt / errors.Terminated) during a run: the

@@ -44,6 +44,7 @@ from models import HEAD_NAME, STSBModel
 from tqdm import tqdm
 
 from ranksim.checkpoint import (
+    atomic_write,
     capture_rng_state,
     check_checkpoint_flag,
     copy_as_best,
@@ -193,21 +194,23 @@ def check_args(args: argparse.Namespace) -> None:
 
 # Settings that define the model (and its vocabulary) a checkpoint holds: --evaluate / --resume take them
 # from the flags the checkpoint records (see adopt_checkpoint_settings).
-MODEL_FLAGS = ("d_word", "d_hid", "n_layers_enc", "max_seq_len", "max_word_v_size", "fds", "fds_kernel", "fds_ks",
-               "fds_sigma", "start_update", "start_smooth", "bucket_num", "bucket_start", "fds_mmt")
+SIZE_FLAGS = ("d_word", "d_hid", "n_layers_enc", "max_seq_len", "max_word_v_size")
+MODEL_FLAGS = SIZE_FLAGS + ("fds", "fds_kernel", "fds_ks", "fds_sigma", "start_update", "start_smooth", "bucket_num",
+                            "bucket_start", "fds_mmt")
 
 
 def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
     """--evaluate --eval_model CKPT / --resume CKPT: MODEL_FLAGS from CKPT's recorded flags ('args', written
-    by this program); a contradicting flag in ``explicit`` (given on the command line) is a UserError. A
-    published model_state_best.th records none: the flags stay as passed, by default the paper's."""
+    by this program; --evaluate only the SIZE_FLAGS: evaluation never applies FDS); a contradicting flag in
+    ``explicit`` (given on the command line) is a UserError. A published model_state_best.th records none:
+    the flags stay as passed, by default the paper's."""
     flag, path = ("--eval_model", args.eval_model) if args.evaluate else ("--resume", args.resume)
     if not path:
         return
     check_checkpoint_flag(flag, path, BEST_NAME if args.evaluate else CKPT_NAME)
     recorded = load_checkpoint(path).get("args")
     if isinstance(recorded, dict):
-        adopt_recorded_flags(args, explicit, recorded, MODEL_FLAGS, f"{flag} {path}")
+        adopt_recorded_flags(args, explicit, recorded, SIZE_FLAGS if args.evaluate else MODEL_FLAGS, f"{flag} {path}")
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -590,7 +593,7 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
     if ctx.distributed:
         logger.info(f"distributed: {ctx.world_size} processes share each global batch of {args.batch_size}")
     if ctx.is_main:
-        (run_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        write_text_file(run_dir / "vocab.txt", "\n".join(vocab) + "\n")
 
     # Where the weights come from decides whether GloVe is needed: a checkpoint carries the embeddings.
     embeddings = None if checkpoint is not None else initial_embeddings(args, vocab, logger)
@@ -667,7 +670,12 @@ def write_predictions(path: Path, preds: np.ndarray, scores: np.ndarray) -> None
     """Test predictions, clipped to [0, 5] as published (metrics use the unclipped values)."""
     clipped = np.clip(preds, 0.0, SCORE_SCALE)
     lines = ["index\tscore\tprediction"] + [f"{i}\t{s:.3f}\t{p:.6f}" for i, (s, p) in enumerate(zip(scores, clipped))]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_file(path, "\n".join(lines) + "\n")
+
+
+def write_text_file(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; a failed write is the one-line "cannot write <path>"."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 if __name__ == "__main__":

@@ -163,3 +163,80 @@ def test_age_train_test_overlap_is_warned_about():
     assert "1 val, 1 test image path(s)" in AgeCSVDataset.overlap_warning(table)
     assert AgeCSVDataset.overlap_warning(table[table["path"] != "b.jpg"].assign(
         path=["a.jpg", "c.jpg", "e.jpg"])) is None
+
+
+# ----------------------------------------------------------------------------------------- failed writes
+
+
+def test_store_root_that_cannot_be_created_is_one_line(age_data, tmp_path):
+    """Tests run as root, which chmod does not stop: a regular file in the path fails for everyone."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    proc = run_age(age_args(age_data, blocker / "runs", "run", epochs=1))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: cannot write {blocker / 'runs' / 'run'}: Not a directory; free disk "
+                                   "space or pass a writable location (e.g. --store_root)")
+
+
+def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path):
+    """A real failing write: RLIMIT_FSIZE makes the kernel refuse bytes past 1 MiB (EFBIG, like a full disk)."""
+    import resource
+
+    import torch
+
+    from ranksim.checkpoint import load_checkpoint, save_checkpoint
+    from ranksim.errors import UserError
+
+    path = tmp_path / "ckpt.pth.tar"
+    save_checkpoint({"epoch": 1, "w": torch.zeros(10)}, path)
+    before = path.read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(UserError) as exc:
+            save_checkpoint({"epoch": 2, "w": torch.zeros(1 << 20)}, path)  # 4 MiB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+    assert str(exc.value).startswith(f"cannot write {path}: File too large;")
+    assert path.read_bytes() == before and load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth.tar"]  # no temp file left
+
+
+def test_full_disk_while_writing_results_is_one_line(tmp_path, monkeypatch):
+    """ENOSPC injected into the file write of results.json (a full disk cannot be made without mounting)."""
+    import errno
+    import io
+
+    from ranksim.errors import UserError
+    from ranksim.runs import write_results_json
+
+    real_fdopen = os.fdopen
+
+    class FullDisk(io.BufferedWriter):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode, buffering=0)))
+    with pytest.raises(UserError, match=rf"^cannot write {tmp_path / 'results.json'}: No space left on device;"):
+        write_results_json(tmp_path, {"mae": 1.0})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_directory_deleted_mid_run_is_recreated_and_said_once(tmp_path, capsys):
+    import shutil
+
+    from ranksim.runs import RunLogger
+
+    run_dir = tmp_path / "run"
+    with RunLogger(run_dir) as logger:
+        logger.info("epoch 1")
+        shutil.rmtree(run_dir)
+        logger.info("epoch 2")
+        logger.info("epoch 3")
+    err = capsys.readouterr().err
+    assert err.count("was deleted during the run") == 1 and str(run_dir / "training.log") in err
+    lines = (run_dir / "training.log").read_text().splitlines()
+    assert len(lines) == 3 and "was deleted during the run" in lines[0]
+    assert lines[1].endswith("| epoch 2") and lines[2].endswith("| epoch 3")
