@@ -21,7 +21,10 @@ and the whole split, only rank 0 writes; see ranksim/distributed.py). --amp bf16
 
 Run directory: ``<store_root>/<run name>`` (the name encodes the settings and a timestamp unless
 --store_name is given); a directory that holds anything is never reused. --resume of an unfinished
-run continues in its own directory. Resuming is exact (same numbers as an uninterrupted run) with
+run continues in its own directory, of a finished one in ``<its name>_2``; --evaluate writes to
+``eval_<checkpoint's run directory, cut to 40 characters>_<timestamp>`` (the rule of ranksim/runs.py).
+--evaluate and --resume take the model-defining flags (--model, --img_size, the FDS flags) from the
+flags the checkpoint records; a flag given on the command line with another value is refused. Resuming is exact (same numbers as an uninterrupted run) with
 --workers 0; with loader workers the augmentation random streams of the workers are not restored.
 """
 import argparse
@@ -85,6 +88,7 @@ from ranksim.runs import (
     RESULTS_NAME,
     RunLogger,
     cap_workers,
+    evaluation_run_name,
     make_run_dir,
     seed_everything,
     select_device,
@@ -459,8 +463,8 @@ def resume_from_checkpoint(args, model, optimizer, ctx: Optional[DistContext] = 
         seed_everything(args.seed + ctx.rank + 1009 * start_epoch)
         return start_epoch, best_loss, None
     run_dir = resume_run_dir(args)
-    if run_dir is None:
-        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+    if run_dir is None:  # a finished run continues as <its name>_2 (see ranksim/runs.py)
+        run_dir = make_run_dir(args.store_root, args.store_name or Path(args.resume).resolve().parent.name)
         source_best = Path(args.resume).parent / BEST_NAME
         if source_best.is_file():
             copy_as_best(source_best, run_dir / BEST_NAME)
@@ -579,11 +583,9 @@ def evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, datas
     # FDS buffers do not affect evaluation: ignored without --fds, allowed to be absent with it.
     load_model_state(model, state_dict_of(checkpoint, args.resume), ignore_fds=not args.fds,
                      allow_missing_fds=True, source=args.resume)
-    parent = Path(args.resume).resolve().parent.name or "checkpoint"
     run_dir = None
     if ctx.is_main:
-        run_dir = make_run_dir(args.store_root, args.store_name or
-                               f"evaluate_{parent}_{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = make_run_dir(args.store_root, args.store_name or evaluation_run_name(args.resume))
     run_dir = broadcast_object(run_dir, ctx)
     with RunLogger(run_dir, enabled=show) as logger:
         tested = evaluate_test_split(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show,

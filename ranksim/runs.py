@@ -3,7 +3,11 @@ device choice, seeding and worker count.
 
 Run directory rule: ``make_run_dir(root, name)`` never reuses a directory that holds anything (a
 finished run's results.json, checkpoints, logs); it picks ``name_2``, ``name_3``, ... instead, so
-running the same command twice never overwrites a run and never prompts.
+running the same command twice never overwrites a run and never prompts. Names, the same in every
+train.py (unless --store_name is given): a training run is named by its settings and a timestamp; the
+continuation (--resume) of a FINISHED run takes the finished run's name, so make_run_dir makes
+``<name>_2``; an evaluation is ``eval_<run directory of the checkpoint, first 40 characters>_<timestamp>``
+(see :func:`evaluation_run_name`).
 """
 import json
 import math
@@ -24,6 +28,16 @@ LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+EVAL_NAME_CHARS = 40  # of the checkpoint's run directory name kept in an evaluation's name
+
+
+def evaluation_run_name(checkpoint: PathLike) -> str:
+    """Directory name of an --evaluate run of ``checkpoint``: 'eval_<its folder, cut to 40 characters>_<timestamp>',
+    e.g. eval_agedb_resnet50_sqrt_inv_ranksim_100.0_2_20240101-120000 (results.json names the full path)."""
+    source = Path(checkpoint).resolve().parent.name[:EVAL_NAME_CHARS].rstrip("_") or "checkpoint"
+    return f"eval_{source}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def make_run_dir(store_root: PathLike, store_name: str) -> Path:

@@ -87,6 +87,7 @@ from ranksim.metrics import format_metrics_table, per_label_mae, regression_metr
 from ranksim.runs import (
     RESULTS_NAME,
     RunLogger,
+    evaluation_run_name,
     make_run_dir,
     seed_everything,
     select_device,
@@ -216,8 +217,6 @@ def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
 def run_name(args: argparse.Namespace) -> str:
     """Default run directory name: the settings that tell runs apart, and a timestamp."""
     parts = [DATASET, "bilstm"]
-    if args.evaluate:
-        parts.append("eval")
     if args.retrain_fc:
         parts.append("rrt")
     if args.reweight != "none":
@@ -565,8 +564,9 @@ def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
 
     run_dir = None
     if ctx.is_main:
+        default_name = evaluation_run_name(args.eval_model) if args.evaluate else run_name(args)
         run_dir = resume_run_dir(args) if args.resume else make_run_dir(args.store_root,
-                                                                        args.store_name or run_name(args))
+                                                                        args.store_name or default_name)
     run_dir = broadcast_object(run_dir, ctx)
     logger = RunLogger(run_dir, enabled=ctx.is_main)
     try:

@@ -240,3 +240,21 @@ def test_run_directory_deleted_mid_run_is_recreated_and_said_once(tmp_path, caps
     lines = (run_dir / "training.log").read_text().splitlines()
     assert len(lines) == 3 and "was deleted during the run" in lines[0]
     assert lines[1].endswith("| epoch 2") and lines[2].endswith("| epoch 3")
+
+
+# ------------------------------------------------------------------------------------ run directory names
+
+
+def test_run_directory_names_follow_one_short_rule(run_32px, age_data, tmp_path):
+    """A finished run continued with --resume gets '<name>_2' (as STS-B did); evaluations 'eval_<40 chars>_<time>'."""
+    import re
+
+    from ranksim.runs import evaluation_run_name
+
+    long_dir = tmp_path / ("agedb_resnet50_sqrt_inv_lds_gau_9_1.0_ranksim_100.0_2.0_adam_l1_0.00025_64_" * 2)
+    name = evaluation_run_name(long_dir / "ckpt.best.pth.tar")
+    assert re.fullmatch(r"eval_agedb_resnet50_sqrt_inv_lds_gau_9_1.0_ra_\d{8}-\d{6}", name), name
+    proc = run_age(["--data_dir", str(age_data), "--workers", "0", "--store_root", str(run_32px.parent),
+                    "--epoch", "2", "--resume", str(run_32px / "ckpt.pth.tar")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_32px.parent / "run_2" / "results.json").is_file()
