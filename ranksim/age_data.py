@@ -131,6 +131,20 @@ class AgeCSVDataset(Dataset):
                                  f"{len(paths)} images missing); check --data_dir and that the images were "
                                  "extracted/created")
 
+    @staticmethod
+    def overlap_warning(table: pd.DataFrame) -> Optional[str]:
+        """A warning naming how many val/test rows use an image path that is also in train (a copied image
+        makes those numbers optimistic), with the first such path; None when the splits are disjoint."""
+        train_paths = set(table.loc[table["split"] == "train", "path"].astype(str))
+        shared = {split: table.loc[(table["split"] == split) & table["path"].astype(str).isin(train_paths), "path"]
+                  for split in ("val", "test")}
+        if not any(len(paths) for paths in shared.values()):
+            return None
+        first = next(str(paths.iloc[0]) for paths in shared.values() if len(paths))
+        counts = ", ".join(f"{len(paths)} {split}" for split, paths in shared.items() if len(paths))
+        return (f"warning: {counts} image path(s) also appear in the train split (e.g. {first}); their metrics "
+                "are optimistic; re-create the split file so the splits are disjoint")
+
     def __len__(self) -> int:
         return len(self.labels)
 

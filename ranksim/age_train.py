@@ -23,7 +23,10 @@ and the whole split, only rank 0 writes; see ranksim/distributed.py). --amp bf16
 
 Run directory: ``<store_root>/<run name>`` (the name encodes the settings and a timestamp unless
 --store_name is given); a directory that holds anything is never reused. --resume of an unfinished
-run continues in its own directory. Resuming is exact (same numbers as an uninterrupted run) with
+run continues in its own directory, of a finished one in ``<its name>_2``; --evaluate writes to
+``eval_<checkpoint's run directory, cut to 40 characters>_<timestamp>`` (the rule of ranksim/runs.py).
+--evaluate and --resume take the model-defining flags (--model, --img_size, the FDS flags) from the
+flags the checkpoint records; a flag given on the command line with another value is refused. Resuming is exact (same numbers as an uninterrupted run) with
 --workers 0; with loader workers the augmentation random streams of the workers are not restored.
 """
 import argparse
@@ -87,7 +90,7 @@ from ranksim.engine import (
     update_fds_statistics,
 )
 from ranksim.errors import OneLineArgumentParser, UserError
-from ranksim.flags import check_method_flags, check_positive
+from ranksim.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
 from ranksim.kernels import KERNELS
 from ranksim.losses import LOSSES, get_loss, published_age_loss
 from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
@@ -97,6 +100,7 @@ from ranksim.runs import (
     RESULTS_NAME,
     RunLogger,
     cap_workers,
+    evaluation_run_name,
     make_run_dir,
     seed_everything,
     select_device,
@@ -118,6 +122,7 @@ PUBLISHED_QUIRKS_HELP = (
     "reproduce the published code's unintended behaviours the paper's numbers depend on: INV+LDS smooths "
     "integer counts (truncated), focal losses ignore the sample weights and Huber uses them as its threshold, "
     "divergence limit 1e6 (see the README's differences table)")
+MAX_IMG_SIZE = 1024  # 4.6x the paper's 224 per side (~21x the memory); beyond it a run only dies of memory later
 
 
 def is_head_key(key: str) -> bool:
@@ -195,11 +200,42 @@ def check_args(args: argparse.Namespace) -> None:
     if args.evaluate and not args.resume:
         raise UserError("--evaluate: pass the checkpoint to test with --resume <ckpt.pth.tar>")
     check_positive(args, ("lr", "epoch", "batch_size", "img_size", "print_freq"))
+    if args.img_size > MAX_IMG_SIZE:
+        raise UserError(f"--img_size {args.img_size}: at most {MAX_IMG_SIZE} (activation memory grows with the "
+                        f"pixel count: {(args.img_size / 224) ** 2:.0f}x that of the paper's 224); use e.g. 224")
+    if args.batch_size < 2 and not args.evaluate:
+        raise UserError(f"--batch_size {args.batch_size}: training needs at least 2 samples per batch (BatchNorm "
+                        "normalises over the batch and RankSim compares the labels in it); use 2 or more")
     if args.resume:
         check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
     if args.pretrained:
         check_checkpoint_flag("--pretrained", args.pretrained, BEST_NAME)
     check_comparator_flags(args)
+
+
+# Settings that define the model a checkpoint holds: --evaluate / --resume take them from the flags the
+# checkpoint records (see adopt_checkpoint_settings).
+FDS_FLAGS = ("fds", "fds_kernel", "fds_ks", "fds_sigma", "start_update", "start_smooth", "bucket_num",
+             "bucket_start", "fds_mmt")
+MODEL_FLAGS = ("model", "img_size") + FDS_FLAGS
+
+
+def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
+    """--resume CKPT (with or without --evaluate): MODEL_FLAGS from CKPT's recorded flags ('args', written
+    by this program); a contradicting flag in ``explicit`` (those given on the command line) is a UserError.
+    --evaluate takes the FDS flags only from a checkpoint trained with FDS (FDS does not smooth in
+    evaluation; its buffers then load as trained), so evaluating a run without FDS keeps this program's
+    FDS defaults. A checkpoint without recorded flags (published) gives only its 'model' entry; the other
+    settings stay as passed, by default the paper's."""
+    if not args.resume:
+        return
+    check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
+    checkpoint = load_checkpoint(args.resume)
+    recorded = checkpoint.get("args")
+    if not isinstance(recorded, dict):
+        recorded = {"model": checkpoint["model"]} if isinstance(checkpoint.get("model"), str) else {}
+    flags = MODEL_FLAGS if not args.evaluate or recorded.get("fds") else ("model", "img_size")
+    adopt_recorded_flags(args, explicit, recorded, flags, f"--resume {args.resume}")
 
 
 def run_name(args: argparse.Namespace) -> str:
@@ -320,7 +356,12 @@ def main(argv: Optional[Sequence[str]] = None, defaults: Optional[Mapping] = Non
     every rank, and only rank 0 prints it (the others exit with the same code, silently).
     """
     args = parse_with_stage_defaults(build_parser(defaults), argv)
-    return run_on_every_rank(lambda ctx: run(args, dataset_cls, ctx), check=lambda: check_args(args),
+
+    def check() -> None:
+        adopt_checkpoint_settings(args, explicit_flags(lambda: build_parser(defaults), argv))
+        check_args(args)
+
+    return run_on_every_rank(lambda ctx: run(args, dataset_cls, ctx), check=check,
                              batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
 
@@ -396,6 +437,9 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
         logger.info("args: " + " ".join(f"--{k}={v}" for k, v in vars(args).items()))
         logger.info(f"device {device}, workers {workers}; train/val/test = {sizes['train']}/{sizes['val']}/"
                     f"{sizes['test']}; train weights min {weights.min():.3g} max {weights.max():.3g}")
+        overlap = dataset_cls.overlap_warning(table)
+        if overlap:
+            logger.info(overlap)
         if ctx.distributed:
             logger.info(f"distributed: {ctx.world_size} processes x {local_batch} samples = global batch "
                         f"{args.batch_size}{' (SyncBatchNorm)' if args.sync_bn else ''}")
@@ -409,8 +453,8 @@ def run(args: argparse.Namespace, dataset_cls: Type[AgeCSVDataset], ctx: DistCon
     except UserError as exc:  # e.g. an unreadable image found mid-epoch: keep the reason with the run
         logger.record_error(exc)
         raise
-    except KeyboardInterrupt:
-        raise logger.interrupted(run_dir / CKPT_NAME) from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (errors.Terminated)
+        raise logger.interrupted(run_dir / CKPT_NAME, stop) from None
     finally:
         logger.close()
 
@@ -461,8 +505,8 @@ def resume_from_checkpoint(args, model, optimizer, ctx: Optional[DistContext] = 
         seed_everything(args.seed + ctx.rank + 1009 * start_epoch)
         return start_epoch, best_loss, None
     run_dir = resume_run_dir(args)
-    if run_dir is None:
-        run_dir = make_run_dir(args.store_root, args.store_name or run_name(args))
+    if run_dir is None:  # a finished run continues as <its name>_2 (see ranksim/runs.py)
+        run_dir = make_run_dir(args.store_root, args.store_name or Path(args.resume).resolve().parent.name)
         source_best = Path(args.resume).parent / BEST_NAME
         if source_best.is_file():
             copy_as_best(source_best, run_dir / BEST_NAME)
@@ -592,11 +636,9 @@ def evaluate_checkpoint(args, model, loaders, train_labels, sizes, device, datas
     # FDS buffers do not affect evaluation: ignored without --fds, allowed to be absent with it.
     load_model_state(model, state_dict_of(checkpoint, args.resume), ignore_fds=not args.fds,
                      allow_missing_fds=True, source=args.resume)
-    parent = Path(args.resume).resolve().parent.name or "checkpoint"
     run_dir = None
     if ctx.is_main:
-        run_dir = make_run_dir(args.store_root, args.store_name or
-                               f"evaluate_{parent}_{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = make_run_dir(args.store_root, args.store_name or evaluation_run_name(args.resume))
     run_dir = broadcast_object(run_dir, ctx)
     with RunLogger(run_dir, enabled=show) as logger:
         tested = evaluate_test_split(model, loaders["test"], train_labels, device, dataset_cls.overall_gm_eps, show,

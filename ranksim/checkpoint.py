@@ -19,6 +19,7 @@ Safety and robustness rules:
   raises :class:`~ranksim.errors.UserError` listing the keys, except for keys the caller
   explicitly opts out of (``skip``, ``ignore_fds``, ``allow_missing_fds``).
 """
+import io
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, cannot_write
 
 MODULE_PREFIX = "module."  # what nn.DataParallel / DistributedDataParallel put before every key
 FDS_PREFIX = "FDS."  # FDS buffers live at model.FDS (SPEC §3, §7)
@@ -48,12 +49,16 @@ def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
     """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it to ``path``.
 
     Creates the parent directory. If ``write`` raises, the temp file is removed, any previous file at
-    ``path`` is untouched, and the exception propagates.
+    ``path`` is untouched, and the exception propagates; an OSError (full disk, read-only folder) becomes
+    the UserError "cannot write <path>: <cause>".
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -64,9 +69,11 @@ def atomic_write(path: PathLike, write: Callable[[Any], None]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise cannot_write(path, exc) from None
         raise
     _fsync_dir(directory)
 
@@ -89,9 +96,13 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> None:
     """Write ``state`` (dict) to ``path`` with torch.save, atomically (temp file + fsync + rename).
 
     Creates the parent directory. On any failure the previous file at ``path`` (if any) is intact
-    and no temp file is left behind.
+    and no temp file is left behind. The state is serialised in memory first: torch.save writing
+    straight to a full disk fails with a RuntimeError from its C++ writer that hides the OSError, while
+    the plain file write reports it ("cannot write <path>: No space left on device").
     """
-    atomic_write(path, lambda f: torch.save(state, f))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def copy_as_best(path: PathLike, best_path: PathLike) -> None:
@@ -207,11 +218,13 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/EOFError/... for bad files
         message = str(exc)
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module ..."
+        refused = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", message, re.IGNORECASE)
         if refused:
-            detail = (f"it contains a Python object ({refused.group(1)}) other than tensors and plain data, "
-                      "refused because loading it could run code (torch.load weights_only=True)")
-        elif os.path.getsize(path) == 0:
+            raise UserError(f"checkpoint {path}: contains code (the pickle global {refused.group(1)}) that "
+                            "weights_only loading refuses, so it was not loaded; use a checkpoint written by "
+                            "torch.save of tensors and plain data from a source you trust") from None
+        if os.path.getsize(path) == 0:
             detail = "the file is empty"
         else:
             detail = "not a readable PyTorch checkpoint (truncated, damaged, or another file format)"

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import UserError
+from .errors import UserError, cannot_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 USER_AGENT = "ranksim-download/1.0 (+python urllib)"
@@ -78,7 +78,10 @@ def download(
             return dest
         print(f"{dest}: exists but its sha256 differs from the expected one; downloading it again",
               file=sys.stderr)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(dest, exc) from None
     part = dest.with_name(dest.name + ".part")
 
     for _attempt in range(2):  # a second attempt only after a stale .part was discarded (HTTP 416)
@@ -145,7 +148,10 @@ def _stream(response, part: Path, offset: int, total: Optional[int], url: str, c
                 block = response.read(chunk)
                 if not block:
                     break
-                f.write(block)
+                try:
+                    f.write(block)
+                except OSError as exc:  # a full disk, not the network
+                    raise cannot_write(part, exc) from None
                 received += len(block)
                 bar.update(len(block))
         except NETWORK_ERRORS as exc:

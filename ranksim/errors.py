@@ -8,11 +8,14 @@ and exits with status 2. Every other exception is a bug and keeps its full trace
 import argparse
 import difflib
 import os
+import signal
 import sys
+import threading
 from typing import Any, Callable, NoReturn
 
 USER_ERROR_EXIT = 2  # same status argparse uses for bad command lines
 INTERRUPT_EXIT = 130  # 128 + SIGINT, the shell convention for Ctrl-C
+TERMINATED_EXIT = 128 + signal.SIGTERM  # 143: what SLURM / Kubernetes / `kill` send before killing a job
 
 
 class UserError(Exception):
@@ -24,13 +27,31 @@ def one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by run_cli's handler. A KeyboardInterrupt subclass so that every
+    ``except KeyboardInterrupt`` path (the resume hint of a training run) handles it exactly like Ctrl-C."""
+
+
+def interrupt_label(exc: BaseException) -> str:
+    """How a stop is named in messages: 'terminated (SIGTERM)' or 'interrupted (Ctrl-C)'."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+
+
+def raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
 def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``main_fn(*args)`` and return its result, turning user errors into one line on stderr.
 
     UserError -> ``error: <message>`` on stderr, exit status 2.
     KeyboardInterrupt -> ``interrupted (Ctrl-C)[; <its message>]`` on stderr, exit status 130.
+    SIGTERM (in the main thread) -> :class:`Terminated`, handled like Ctrl-C: ``terminated (SIGTERM)[; <its
+    message>]`` on stderr, exit status 143.
     Anything else propagates unchanged (a bug: the traceback is what a developer needs).
     """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
         return main_fn(*args)
     except UserError as exc:
@@ -40,8 +61,19 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
     except KeyboardInterrupt as exc:  # a training program may say how to resume: KeyboardInterrupt(hint)
         sys.stdout.flush()
         hint = f"; {one_line(str(exc))}" if str(exc) else ""
-        print(f"interrupted (Ctrl-C){hint}", file=sys.stderr, flush=True)
-        sys.exit(INTERRUPT_EXIT)
+        print(f"{interrupt_label(exc)}{hint}", file=sys.stderr, flush=True)
+        sys.exit(TERMINATED_EXIT if isinstance(exc, Terminated) else INTERRUPT_EXIT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def cannot_write(path: "str | os.PathLike", error: OSError) -> UserError:
+    """UserError "cannot write <path>: <cause>; ..." for an OSError (full disk, read-only or missing
+    folder, a file where a folder should be) while writing ``path``."""
+    cause = error.strerror or str(error) or type(error).__name__
+    return UserError(f"cannot write {os.fspath(path)}: {cause}; free disk space or pass a writable location "
+                     "(e.g. --store_root)")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -50,7 +82,20 @@ class OneLineArgumentParser(argparse.ArgumentParser):
     Plain argparse prints its whole usage block (a dozen lines for train.py) before the error. This
     prints ``error: <argparse's message>; <prog> -h lists every flag`` on stderr and exits with status 2;
     for an unknown flag it names the closest known one (``did you mean --regularization_weight?``).
+    ``-h`` shows every flag's default: the formatter is ArgumentDefaultsHelpFormatter unless another is
+    given, and a flag without help text gets "(default: <value>)" as its help (argparse prints no line,
+    and so no default, for a flag without help).
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS):
+                action.help = "(default: %(default)s)"
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         known = [option for action in self._actions for option in action.option_strings if option.startswith("--")]

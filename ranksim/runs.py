@@ -3,7 +3,11 @@ device choice, seeding and worker count.
 
 Run directory rule: ``make_run_dir(root, name)`` never reuses a directory that holds anything (a
 finished run's results.json, checkpoints, logs); it picks ``name_2``, ``name_3``, ... instead, so
-running the same command twice never overwrites a run and never prompts.
+running the same command twice never overwrites a run and never prompts. Names, the same in every
+train.py (unless --store_name is given): a training run is named by its settings and a timestamp; the
+continuation (--resume) of a FINISHED run takes the finished run's name, so make_run_dir makes
+``<name>_2``; an evaluation is ``eval_<run directory of the checkpoint, first 40 characters>_<timestamp>``
+(see :func:`evaluation_run_name`).
 """
 import json
 import math
@@ -18,12 +22,22 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write
-from .errors import UserError, one_line
+from .errors import UserError, cannot_write, interrupt_label, one_line
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+EVAL_NAME_CHARS = 40  # of the checkpoint's run directory name kept in an evaluation's name
+
+
+def evaluation_run_name(checkpoint: PathLike) -> str:
+    """Directory name of an --evaluate run of ``checkpoint``: 'eval_<its folder, cut to 40 characters>_<timestamp>',
+    e.g. eval_agedb_resnet50_sqrt_inv_ranksim_100.0_2_20240101-120000 (results.json names the full path)."""
+    source = Path(checkpoint).resolve().parent.name[:EVAL_NAME_CHARS].rstrip("_") or "checkpoint"
+    return f"eval_{source}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def make_run_dir(store_root: PathLike, store_name: str) -> Path:
@@ -39,16 +53,18 @@ def make_run_dir(store_root: PathLike, store_name: str) -> Path:
     root = Path(store_root)
     if root.exists() and not root.is_dir():
         raise UserError(f"--store_root {root}: is a file, not a directory; pass a directory for run outputs")
-    root.mkdir(parents=True, exist_ok=True)
     suffix = 1
     while True:
         candidate = root / (store_name if suffix == 1 else f"{store_name}_{suffix}")
         try:
+            root.mkdir(parents=True, exist_ok=True)
             candidate.mkdir()
             return candidate
         except FileExistsError:
             if candidate.is_dir() and not any(candidate.iterdir()):
                 return candidate
+        except OSError as exc:  # read-only or full disk, a file in the path
+            raise cannot_write(candidate, exc) from None
         suffix += 1
 
 
@@ -70,8 +86,37 @@ class RunLogger:
         self._writer = None
         self._tensorboard_missing = False
         if enabled:
+            self._open_log()
+
+    def _open_log(self) -> None:
+        path = self.run_dir / LOG_NAME
+        try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.run_dir / LOG_NAME, "a", encoding="utf-8")
+            self._log_file = open(path, "a", encoding="utf-8")
+        except OSError as exc:
+            raise cannot_write(path, exc) from None
+
+    def _reopen_if_deleted(self) -> None:
+        """The run directory (or training.log) deleted mid-run: writes would go to the unlinked file, so
+        re-create both and say so once, on stderr and at the top of the new training.log."""
+        if os.fstat(self._log_file.fileno()).st_nlink > 0:
+            return
+        self._log_file.close()
+        self._open_log()
+        notice = (f"warning: {self.run_dir / LOG_NAME} was deleted during the run; re-created it (with the run "
+                  "directory if that was deleted too): earlier log lines and checkpoints are gone, the next ones "
+                  "are written again")
+        print(notice, file=sys.stderr, flush=True)
+        self._write_lines(notice)
+
+    def _write_lines(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            for line in str(message).splitlines() or [""]:
+                self._log_file.write(f"{stamp} | {line}\n")
+            self._log_file.flush()
+        except OSError as exc:
+            raise cannot_write(self.run_dir / LOG_NAME, exc) from None
 
     def info(self, message: str) -> None:
         """Print ``message`` (str, may span lines) and append it to training.log."""
@@ -81,25 +126,25 @@ class RunLogger:
 
         tqdm.write(str(message), file=sys.stdout)
         sys.stdout.flush()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        for line in str(message).splitlines() or [""]:
-            self._log_file.write(f"{stamp} | {line}\n")
-        self._log_file.flush()
+        self._reopen_if_deleted()
+        self._write_lines(str(message))
 
     def record_error(self, error: BaseException, prefix: str = "error: ") -> None:
         """Append ``<prefix><one-line message>`` to training.log only (run_cli prints it on stderr)."""
         if not self.enabled or self._log_file is None:
             return
-        self._log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | {prefix}{one_line(str(error))}\n")
-        self._log_file.flush()
+        self._reopen_if_deleted()
+        self._write_lines(prefix + one_line(str(error)))
 
-    def interrupted(self, checkpoint: PathLike) -> KeyboardInterrupt:
-        """Ctrl-C during a run: a KeyboardInterrupt whose message (printed by run_cli) says how to resume
-        from ``checkpoint`` (the run's ckpt.pth.tar) when it exists; the same line goes to training.log."""
+    def interrupted(self, checkpoint: PathLike, stop: Optional[KeyboardInterrupt] = None) -> KeyboardInterrupt:
+        """Ctrl-C or SIGTERM (``stop``: the caught KeyboardInterrupt / errors.Terminated) during a run: the
+        same kind of exception, whose message (printed by run_cli) says how to resume from ``checkpoint``
+        (the run's ckpt.pth.tar) when it exists; the same line goes to training.log."""
         hint = (f"resume with --resume {checkpoint}" if Path(checkpoint).is_file()
                 else "no checkpoint was written yet; start again")
-        self.record_error(KeyboardInterrupt(hint), prefix="interrupted (Ctrl-C); ")
-        return KeyboardInterrupt(hint)
+        stopped = type(stop or KeyboardInterrupt())(hint)
+        self.record_error(stopped, prefix=f"{interrupt_label(stopped)}; ")
+        return stopped
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         """Record scalar ``value`` (float) under ``tag`` (e.g. 'val/mae') at ``step`` (int)."""

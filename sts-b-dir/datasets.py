@@ -69,14 +69,42 @@ class PairSplit:
 def read_pair_tsv(path: "str | os.PathLike", max_seq_len: int) -> PairSplit:
     """Read one STS-B-DIR TSV (header row, 10 tab-separated columns, SPEC §8) into a PairSplit.
 
-    Rows with an empty score or a sentence that tokenizes to nothing are skipped (as published).
-    Raises UserError naming the file (and line) for: a missing file, a wrong column count, a score
-    that is not a number or lies outside [0, 5], and a file with no usable rows.
+    Rows with an empty score or a sentence that tokenizes to nothing are skipped (as published) and
+    counted in ``skipped``. Raises UserError naming the file (and line) for: a missing file, a byte that
+    is not UTF-8, a wrong column count, a score that is not a number or lies outside [0, 5], and a file
+    with no usable rows.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"STS-B-DIR file not found: {path}; {HOW_TO_GET_DATA}")
     split = PairSplit(path=path)
+    try:
+        read_rows(path, max_seq_len, split)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}, line {first_non_utf8_line(path)}: not valid UTF-8 ({exc.reason}, byte "
+                        f"{exc.object[exc.start:exc.start + 1]!r}); re-save the file as UTF-8 or get a fresh copy: "
+                        f"{HOW_TO_GET_DATA}") from None
+    if len(split) == 0:
+        raise UserError(
+            f"{path}: no sentence pairs (empty split after skipping {split.skipped} rows without a score "
+            f"or without tokens); {HOW_TO_GET_DATA}"
+        )
+    return split
+
+
+def first_non_utf8_line(path: str) -> int:
+    """1-based number of the first line of ``path`` that is not valid UTF-8 (0 if none)."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return line_number
+    return 0
+
+
+def read_rows(path: str, max_seq_len: int, split: PairSplit) -> None:
+    """The rows of read_pair_tsv's file into ``split`` (UnicodeDecodeError for a non-UTF-8 byte)."""
     with open(path, encoding="utf-8", newline="") as f:
         # QUOTE_NONE: sentences contain bare quote characters that are text, not CSV quoting.
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -113,12 +141,6 @@ def read_pair_tsv(path: "str | os.PathLike", max_seq_len: int) -> PairSplit:
             split.sentences1.append(tokens1)
             split.sentences2.append(tokens2)
             split.scores.append(score)
-    if len(split) == 0:
-        raise UserError(
-            f"{path}: no sentence pairs (empty split after skipping {split.skipped} rows without a score "
-            f"or without tokens); {HOW_TO_GET_DATA}"
-        )
-    return split
 
 
 def load_splits(data_dir: "str | os.PathLike", max_seq_len: int) -> Dict[str, PairSplit]:

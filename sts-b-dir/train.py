@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from ranksim.bins import Binning
 from ranksim.checkpoint import (
+    atomic_write,
     capture_rng_state,
     check_checkpoint_flag,
     copy_as_best,
@@ -90,12 +91,13 @@ from ranksim.engine import (
 )
 from ranksim.engine import ranksim_regularizer as make_ranksim_regularizer
 from ranksim.errors import OneLineArgumentParser, UserError, run_cli
-from ranksim.flags import check_method_flags, check_positive
+from ranksim.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
 from ranksim.losses import LOSSES, get_loss
 from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
 from ranksim.runs import (
     RESULTS_NAME,
     RunLogger,
+    evaluation_run_name,
     make_run_dir,
     seed_everything,
     select_device,
@@ -223,11 +225,30 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--store_name {args.store_name!r}: must be a plain directory name")
 
 
+# Settings that define the model (and its vocabulary) a checkpoint holds: --evaluate / --resume take them
+# from the flags the checkpoint records (see adopt_checkpoint_settings).
+SIZE_FLAGS = ("d_word", "d_hid", "n_layers_enc", "max_seq_len", "max_word_v_size")
+MODEL_FLAGS = SIZE_FLAGS + ("fds", "fds_kernel", "fds_ks", "fds_sigma", "start_update", "start_smooth", "bucket_num",
+                            "bucket_start", "fds_mmt")
+
+
+def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
+    """--evaluate --eval_model CKPT / --resume CKPT: MODEL_FLAGS from CKPT's recorded flags ('args', written
+    by this program; --evaluate only the SIZE_FLAGS: evaluation never applies FDS); a contradicting flag in
+    ``explicit`` (given on the command line) is a UserError. A published model_state_best.th records none:
+    the flags stay as passed, by default the paper's."""
+    flag, path = ("--eval_model", args.eval_model) if args.evaluate else ("--resume", args.resume)
+    if not path:
+        return
+    check_checkpoint_flag(flag, path, BEST_NAME if args.evaluate else CKPT_NAME)
+    recorded = load_checkpoint(path).get("args")
+    if isinstance(recorded, dict):
+        adopt_recorded_flags(args, explicit, recorded, SIZE_FLAGS if args.evaluate else MODEL_FLAGS, f"{flag} {path}")
+
+
 def run_name(args: argparse.Namespace) -> str:
     """Default run directory name: the settings that tell runs apart, and a timestamp."""
     parts = [DATASET, "bilstm"]
-    if args.evaluate:
-        parts.append("eval")
     if args.retrain_fc:
         parts.append("rrt")
     if args.reweight != "none":
@@ -481,10 +502,11 @@ def train(args, model, optimizer, progress: Progress, splits, datasets_, device,
         if is_best:
             progress.best_val_mse, progress.best_iteration = val["mse"], progress.iteration
         check = len(progress.val_history)
+        ranksim_note = f" (RankSim {reg_sum / args.val_interval:.4f})" if args.regularization_weight > 0 else ""
         # "epoch" here is the 1-based epoch now running, as in the age logs; checkpoints keep progress.epoch
         # (completed passes), which --resume reads.
         logger.info(f"check {check}/{args.max_vals} | iter {progress.iteration} | epoch {progress.epoch + 1} | "
-                    f"train loss {loss_sum / args.val_interval:.4f} (RankSim {reg_sum / args.val_interval:.4f}) | "
+                    f"train loss {loss_sum / args.val_interval:.4f}{ranksim_note} | "
                     f"val mse {val['mse']:.4f} mae {val['mae']:.4f} pearson {val['pearson'] or 0:.4f} | "
                     f"best mse {progress.best_val_mse:.4f} @ iter {progress.best_iteration}" + (" *" if is_best else ""))
         logger.scalars({"train/loss": loss_sum / args.val_interval, "train/ranksim": reg_sum / args.val_interval,
@@ -568,7 +590,12 @@ def main(argv=None) -> Dict:
     """Parse the flags, join the torchrun process group if there is one, run. A user error stops every
     rank; only rank 0 prints it (the others exit with the same code, quietly)."""
     args = build_parser().parse_args(argv)
-    return run_on_every_rank(lambda ctx: prepare_and_run(args, argv, ctx), check=lambda: check_args(args),
+
+    def check() -> None:
+        adopt_checkpoint_settings(args, explicit_flags(build_parser, argv))
+        check_args(args)
+
+    return run_on_every_rank(lambda ctx: prepare_and_run(args, argv, ctx), check=check,
                              batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
 
@@ -601,8 +628,9 @@ def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
 
     run_dir = None
     if ctx.is_main:
+        default_name = evaluation_run_name(args.eval_model) if args.evaluate else run_name(args)
         run_dir = resume_run_dir(args) if args.resume else make_run_dir(args.store_root,
-                                                                        args.store_name or run_name(args))
+                                                                        args.store_name or default_name)
     run_dir = broadcast_object(run_dir, ctx)
     logger = RunLogger(run_dir, enabled=ctx.is_main)
     try:
@@ -610,8 +638,8 @@ def prepare_and_run(args, argv, ctx: DistContext) -> Dict:
         if vocab_note:
             logger.info(vocab_note)
         return run(args, device, splits, vocab, datasets_, source, checkpoint, run_dir, logger, ctx, options)
-    except KeyboardInterrupt:
-        raise logger.interrupted(run_dir / CKPT_NAME) from None
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (errors.Terminated)
+        raise logger.interrupted(run_dir / CKPT_NAME, stop) from None
     finally:
         logger.close()
 
@@ -624,10 +652,12 @@ def run(args, device, splits, vocab, datasets_, source: str, checkpoint: Optiona
     logger.info(f"run directory: {run_dir}")
     logger.info(f"device: {device}; sizes: train {len(splits['train'])}, val {len(splits['val'])}, "
                 f"test {len(splits['test'])} pairs; vocabulary {len(vocab)} entries")
+    logger.info("rows skipped (no score, or a sentence without tokens): " +
+                ", ".join(f"{Path(split.path).name} {split.skipped}" for split in splits.values()))
     if ctx.distributed:
         logger.info(f"distributed: {ctx.world_size} processes share each global batch of {args.batch_size}")
     if ctx.is_main:
-        (run_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+        write_text_file(run_dir / "vocab.txt", "\n".join(vocab) + "\n")
 
     # Where the weights come from decides whether GloVe is needed: a checkpoint carries the embeddings.
     embeddings = None if checkpoint is not None else initial_embeddings(args, vocab, logger)
@@ -716,7 +746,12 @@ def write_predictions(path: Path, preds: np.ndarray, scores: np.ndarray) -> None
     """Test predictions, clipped to [0, 5] as published (metrics use the unclipped values)."""
     clipped = np.clip(preds, 0.0, SCORE_SCALE)
     lines = ["index\tscore\tprediction"] + [f"{i}\t{s:.3f}\t{p:.6f}" for i, (s, p) in enumerate(zip(scores, clipped))]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_file(path, "\n".join(lines) + "\n")
+
+
+def write_text_file(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; a failed write is the one-line "cannot write <path>"."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 if __name__ == "__main__":

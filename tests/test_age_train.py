@@ -306,6 +306,10 @@ def test_defaults_are_the_published_ones():
     (["--workers", "-1"], r"--workers -1: "),
     (["--regularization_weight", "-1"], r"--regularization_weight -1.0: "),
     (["--bucket_start", "100"], r"--bucket_start 100: "),
+    (["--batch_size", "1"], r"--batch_size 1: .*BatchNorm"),
+    (["--fds", "--bucket_num", "1", "--bucket_start", "0"], r"--fds_ks 9: .*1 label buckets"),
+    (["--fds", "--start_smooth", "-1"], r"--start_smooth -1: "),
+    (["--img_size", "100000"], r"--img_size 100000: at most 1024"),
 ])
 def test_bad_flags_one_line_nothing_created(extra, message, data, tmp_path):
     store = tmp_path / "runs"
@@ -332,12 +336,12 @@ def test_missing_split_file_names_the_command(tmp_path):
 
 def test_checkpoint_of_another_architecture(vanilla, data, store):
     best = str(vanilla / "ckpt.best.pth.tar")
-    with pytest.raises(UserError, match=r"checkpoint of a resnet18, but --model is resnet50; pass --model resnet18"):
+    with pytest.raises(UserError, match=r"--model resnet50: .* was trained with --model resnet18; leave --model out"):
         main(common_args(data, store, "x") + ["--model", "resnet50", "--evaluate", "--resume", best],
              AGEDB_DEFAULTS, AgeDB)
     # Without the 'model' entry the key check still refuses it, listing the keys.
     ckpt = load_ckpt(best)
-    del ckpt["model"]
+    del ckpt["model"], ckpt["args"]
     torch.save(ckpt, store / "anonymous.pth.tar")
     with pytest.raises(UserError, match=r"165 missing keys \(layer1\.0\.conv3\.weight.*shape mismatches \(layer1\.0\.conv1\.weight"):
         main(common_args(data, store, "x") + ["--model", "resnet50", "--evaluate", "--resume",

@@ -161,16 +161,33 @@ def test_weights_only_refuses_code(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "evil.pth.tar"
     torch.save({"epoch": 1, "payload": RunsCodeWhenUnpickled(str(marker))}, path)
-    with pytest.raises(UserError, match="could run code") as exc:
+    with pytest.raises(UserError, match="contains code .*weights_only loading refuses") as exc:
         load_checkpoint(path)
     assert "open" in str(exc.value)
     assert not marker.exists()
 
 
+class RunsShellCommandWhenUnpickled:
+    """The classic malicious pickle: os.system (pickled as posix.system on Linux)."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_malicious_checkpoint_names_the_global_and_never_suggests_weights_only_false(tmp_path):
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"epoch": 1, "payload": RunsShellCommandWhenUnpickled()}, path)
+    with pytest.raises(UserError) as exc:
+        load_checkpoint(path)
+    message = str(exc.value)
+    assert f"{os.system.__module__}.system" in message and "contains code" in message
+    assert "weights_only=False" not in message and "re-download" not in message
+
+
 def test_weights_only_refuses_custom_class(tmp_path):
     path = tmp_path / "obj.pth.tar"
     torch.save({"args": FakeArgs()}, path)
-    with pytest.raises(UserError, match=r"FakeArgs.*could run code"):
+    with pytest.raises(UserError, match=r"FakeArgs.*weights_only loading refuses"):
         load_checkpoint(path)
 
 

@@ -1,11 +1,12 @@
 """run_cli turns UserError into one stderr line + exit 2; other exceptions keep their traceback."""
+import argparse
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from ranksim.errors import UserError, check_file, run_cli
+from ranksim.errors import OneLineArgumentParser, UserError, check_file, run_cli
 
 
 def run_script(body: str) -> subprocess.CompletedProcess:
@@ -79,3 +80,36 @@ def test_check_file(tmp_path):
     assert str(exc.value) == f"AgeDB split file not found: {missing}; run `python data/create_agedb.py`"
     with pytest.raises(UserError, match="is a directory"):
         check_file(tmp_path, "split file", "run prepare")
+
+
+def test_help_shows_every_default_of_the_training_and_data_programs():
+    """-h of every train.py and data script: each flag with a default names it, as "(default: <value>)"
+    right after the flag's own help text."""
+    from pathlib import Path
+
+    from folder_modules import load_folder_module
+
+    from ranksim.age_train import build_parser as age_parser
+
+    repo = Path(__file__).resolve().parents[1]
+    stsb_parser = load_folder_module("stsb_train_help", repo / "sts-b-dir" / "train.py").build_parser
+    for parser in (age_parser(), stsb_parser()):
+        help_text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in help_text, action.option_strings
+    for script in ["agedb-dir/data/create_agedb.py", "imdb-wiki-dir/data/download_imdb_wiki.py",
+                   "sts-b-dir/data/create_sts_b_dir.py", "sts-b-dir/glove/download_glove.py"]:
+        path = repo / script
+        out = subprocess.run([sys.executable, path.name, "-h"], cwd=path.parent, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0 and "(default: " in " ".join(out.stdout.split()), (script, out.stderr)
+
+
+def test_flag_without_help_text_shows_its_default(capsys):
+    parser = OneLineArgumentParser(prog="x")
+    parser.add_argument("--lr", type=float, default=2.5e-4)
+    parser.add_argument("--name", default=None)
+    parser.print_help()
+    out = capsys.readouterr().out
+    assert "--lr LR" in out and "(default: 0.00025)" in out and out.count("(default:") == 1

@@ -336,3 +336,14 @@ def test_epoch_batches_are_a_seeded_permutation():
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
     other = stsb_train.epoch_batches(10, 4, seed=111, epoch=4)
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
+
+
+def test_non_utf8_byte_names_the_file_and_line(tmp_path):
+    path = write_tsv(tmp_path / "dev_new.tsv", [("A dog runs.", "A dog is running.", "4.2"),
+                                                 ("Caf\u00e9 open.", "It is open.", "3.0")])
+    data = path.read_bytes().replace("\u00e9".encode("utf-8"), b"\xe9")  # Latin-1 'e acute' on line 3
+    path.write_bytes(data)
+    with pytest.raises(UserError) as exc:
+        stsb_data.read_pair_tsv(path, max_seq_len=40)
+    message = str(exc.value)
+    assert message.startswith(f"{path}, line 3: not valid UTF-8") and "\\xe9" in message and "\n" not in message

@@ -104,6 +104,12 @@ def test_vanilla_run_writes_the_run_directory_and_results(vanilla, data):
     assert preds.min() >= 0.0 and preds.max() <= 5.0 and len(preds) == 40
     log = (vanilla / "training.log").read_text()
     assert "check 3/3 | iter 30" in log and "check 4/" not in log
+    assert "RankSim" not in log  # RankSim is off: no "(RankSim 0.0000)" in the check lines
+    # skipped rows counted per file: rows whose last column (the score) is empty, counted here by hand
+    skipped = [sum(1 for line in (data["data_dir"] / name).read_text().splitlines()[1:]
+                   if line and line.split("\t")[-1].strip() == "") for name in ("train_new.tsv", "dev_new.tsv")]
+    assert (f"rows skipped (no score, or a sentence without tokens): train_new.tsv {skipped[0]}, "
+            f"dev_new.tsv {skipped[1]}, test_new.tsv ") in log
 
 
 def test_evaluate_round_trip_gives_the_training_runs_test_metrics(vanilla, data):
