@@ -13,7 +13,7 @@ from datasets import AgeDB
 from ranksim.age_train import main
 from ranksim.errors import run_cli
 
-# AgeDB-DIR values of the flags whose defaults differ between the two age benchmarks (SPEC §7).
+# AgeDB-DIR values of the flags whose defaults differ between the two age benchmarks (docs/published_behaviour.md §7).
 DEFAULTS = {"dataset": "agedb", "lds_ks": 9, "fds_ks": 9, "bucket_start": 3, "epoch": 120}
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ MIN_SPEEDUP = 10.0
 
 
 # ------------------------------------------------------------------ the published loop, re-written
-# One iteration per distinct label (SPEC §3), the bucket rule merged consistently as in the library
+# One iteration per distinct label (docs/published_behaviour.md §3), the bucket rule merged consistently as in the library
 # (labels clamped into [bucket_start, bucket_num - 1] first), state in a plain dict of tensors.
 
 

@@ -33,7 +33,7 @@ MAX_RATIO_TO_SIMILARITY = 2.0
 
 
 def loop_reduce_ties(features, targets):
-    """SPEC §1.1 as the published code does it: torch.unique, then one random pick per label."""
+    """docs/published_behaviour.md §1.1 as the published code does it: torch.unique, then one random pick per label."""
     labels = torch.unique(targets)
     if len(labels) == len(targets):
         return features, targets
@@ -45,7 +45,7 @@ def loop_reduce_ties(features, targets):
 
 
 def loop_rows(features, targets, lam):
-    """SPEC §1.2-1.3: one TrueRanker call and one MSE per row (row i of the similarity matrix)."""
+    """docs/published_behaviour.md §1.2-1.3: one TrueRanker call and one MSE per row (row i of the similarity matrix)."""
     x = F.normalize(features.reshape(features.shape[0], -1).float(), dim=1)
     sims = x @ x.T
     y = targets.reshape(-1, 1)

@@ -1,4 +1,4 @@
-"""IMDB-WIKI-DIR dataset: `<data_dir>/imdb_wiki.csv` (age,path,split) and the images it lists (SPEC §6).
+"""IMDB-WIKI-DIR dataset: `<data_dir>/imdb_wiki.csv` (age,path,split) and the images it lists (docs/published_behaviour.md §6).
 
 Items are (image [3, s, s], age float32 [1], loss weight float32 [1]); see ranksim.age_data.
 """

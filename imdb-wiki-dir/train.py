@@ -13,7 +13,7 @@ from datasets import IMDBWIKI
 from ranksim.age_train import main
 from ranksim.errors import run_cli
 
-# IMDB-WIKI-DIR values of the flags whose defaults differ between the two age benchmarks (SPEC §7).
+# IMDB-WIKI-DIR values of the flags whose defaults differ between the two age benchmarks (docs/published_behaviour.md §7).
 DEFAULTS = {"dataset": "imdb_wiki", "lds_ks": 5, "fds_ks": 5, "bucket_start": 0, "epoch": 90}
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Image datasets of the age benchmarks (AgeDB-DIR, IMDB-WIKI-DIR), SPEC §6.
+"""Image datasets of the age benchmarks (AgeDB-DIR, IMDB-WIKI-DIR), docs/published_behaviour.md §6.
 
 A split file ``<data_dir>/<csv_name>`` has columns ``age,path,split`` (path relative to data_dir,
 split in train/val/test). :class:`AgeCSVDataset` serves one split; an item is
@@ -20,7 +20,7 @@ from ranksim.age_splits import read_split_csv
 from ranksim.errors import UserError
 
 SPLITS = ("train", "val", "test")
-RANDOM_CROP_PADDING = 16  # SPEC §6 train augmentation
+RANDOM_CROP_PADDING = 16  # docs/published_behaviour.md §6 train augmentation
 
 
 class ImageReadError(UserError):
@@ -40,7 +40,7 @@ class ImageReadError(UserError):
 
 
 class AgeTransform:
-    """SPEC §6 image pipeline, PIL image -> float32 [3, s, s] in [-1, 1]:
+    """docs/published_behaviour.md §6 image pipeline, PIL image -> float32 [3, s, s] in [-1, 1]:
 
     train: Resize((s, s)), RandomCrop(s, padding=16), RandomHorizontalFlip, ToTensor, Normalize(.5, .5);
     val/test: Resize((s, s)), ToTensor, Normalize(.5, .5).
@@ -70,7 +70,7 @@ class AgeTransform:
 
 
 def age_transform(img_size: int, train: bool) -> AgeTransform:
-    """The SPEC §6 transform of a split (train: with augmentation)."""
+    """The docs/published_behaviour.md §6 transform of a split (train: with augmentation)."""
     return AgeTransform(img_size, train)
 
 
@@ -86,7 +86,7 @@ class AgeCSVDataset(Dataset):
     csv_name = "agedb.csv"  # split file inside data_dir
     dataset_name = "agedb"  # value of --dataset
     how_to_create = "run `python data/create_agedb.py` or `python data/download_split.py` in agedb-dir/"
-    overall_gm_eps = 0.0  # IMDB-WIKI-DIR adds 1e-10 to the errors of the overall GM (SPEC §5)
+    overall_gm_eps = 0.0  # IMDB-WIKI-DIR adds 1e-10 to the errors of the overall GM (docs/published_behaviour.md §5)
 
     def __init__(self, data_dir: str, table: pd.DataFrame, img_size: int, split: str = "train",
                  weights: Optional[Sequence[float]] = None):

@@ -5,7 +5,7 @@ val/test split -> ``<data_dir>/<name>.csv`` with columns ``age,path,split`` (pat
 ``data_dir``). This module holds every step the two benchmarks share, down to their data scripts'
 common flags, so the scripts under ``agedb-dir/data/`` and ``imdb-wiki-dir/data/`` stay thin:
 
-- :func:`balanced_split` / :func:`make_split_table`: the DIR balanced split (SPEC §6). For each integer
+- :func:`balanced_split` / :func:`make_split_table`: the DIR balanced split (docs/published_behaviour.md §6). For each integer
   age 0..120 in order, that age's rows are shuffled with Python's ``random`` seeded 666; the first
   ``min(count // k, cap)`` go to val, the next as many to test, the rest (and every age outside
   0..120) to train. AgeDB uses k=3, cap=30; IMDB-WIKI k=5, cap=150.
@@ -57,7 +57,7 @@ def _integer_ages(ages: Sequence) -> np.ndarray:
 
 
 def balanced_split(ages: Sequence, k: int, cap: int, seed: int = SPLIT_SEED) -> np.ndarray:
-    """Assign every row to train/val/test with the DIR balanced val/test construction (SPEC §6).
+    """Assign every row to train/val/test with the DIR balanced val/test construction (docs/published_behaviour.md §6).
 
     ages: [N] integer ages, one per row, in the row order of the metadata (the order matters: it is
         the order each age's rows have before they are shuffled).
@@ -354,7 +354,7 @@ def imdb_wiki_metadata(data_dir: "str | os.PathLike") -> Tuple[pd.DataFrame, Dic
 # Published split files
 # ---------------------------------------------------------------------------------------------------
 
-# The RankSim repository at the commit whose split files the paper's numbers were produced with (SPEC §6).
+# The RankSim repository at the commit whose split files the paper's numbers were produced with (docs/published_behaviour.md §6).
 PUBLISHED_REPO = "BorealisAI/ranksim-imbalanced-regression"
 PUBLISHED_COMMIT = "9e1c862906e9c4c699803e0fece8b843ba6f3bc2"
 AGEDB_CSV_SHA256 = "ab9f8d4c7099a9d74ec5094c42b6fe9f1927a166a48d2ab800a88b2fd6081252"

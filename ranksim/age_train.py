@@ -4,7 +4,7 @@
 
     run_cli(main, sys.argv[1:], DEFAULTS, AgeDB)
 
-What one run does (SPEC §1.6, §2, §3, §7):
+What one run does (docs/published_behaviour.md §1.6, §2, §3, §7):
   1. read ``<data_dir>/<csv>``, per-sample train weights (--reweight, --lds), the three splits;
   2. build the ResNet (+FDS); --pretrained loads a backbone (RRT: --retrain_fc trains only the head);
      --resume restores model, optimizer, epoch, best score, FDS state and RNG state;
@@ -113,7 +113,7 @@ CKPT_NAME = "ckpt.pth.tar"
 SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp fp16)
 BEST_NAME = "ckpt.best.pth.tar"
 
-# AgeDB-DIR values of the flags whose default depends on the dataset (SPEC §7); IMDB-WIKI-DIR's
+# AgeDB-DIR values of the flags whose default depends on the dataset (docs/published_behaviour.md §7); IMDB-WIKI-DIR's
 # train.py overrides them (lds_ks/fds_ks 5, bucket_start 0, epoch 90).
 AGEDB_DEFAULTS = {"dataset": "agedb", "lds_ks": 9, "fds_ks": 9, "bucket_start": 3, "epoch": 120}
 
@@ -126,12 +126,12 @@ MAX_IMG_SIZE = 1024  # 4.6x the paper's 224 per side (~21x the memory); beyond i
 
 
 def is_head_key(key: str) -> bool:
-    """Keys RRT does not load from --pretrained (SPEC §7: names containing 'linear' or 'fc')."""
+    """Keys RRT does not load from --pretrained (docs/published_behaviour.md §7: names containing 'linear' or 'fc')."""
     return "linear" in key or "fc" in key
 
 
 def build_parser(defaults: Optional[Mapping] = None) -> argparse.ArgumentParser:
-    """Every flag of SPEC §7 (plus --seed); ``defaults`` overrides the dataset-dependent ones."""
+    """Every flag of docs/published_behaviour.md §7 (plus --seed); ``defaults`` overrides the dataset-dependent ones."""
     d = {**AGEDB_DEFAULTS, **(defaults or {})}
     p = OneLineArgumentParser(
         description=f"Train / evaluate an age regressor on {d['dataset']} (RankSim, LDS, FDS, RRT, Focal-R).",
@@ -469,7 +469,7 @@ def load_pretrained(args, model):
 
 
 def build_optimizer(args, model) -> torch.optim.Optimizer:
-    """Adam without weight decay, or SGD with momentum and weight decay (SPEC §7), over the trainable
+    """Adam without weight decay, or SGD with momentum and weight decay (docs/published_behaviour.md §7), over the trainable
     parameters (only the head under --retrain_fc)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optimizer == "adam":

@@ -1,6 +1,6 @@
 """Checkpoint I/O: atomic writes, safe loads, and strict state_dict loading.
 
-Published image-checkpoint layout (SPEC §7), which :func:`make_checkpoint` writes and the
+Published image-checkpoint layout (docs/published_behaviour.md §7), which :func:`make_checkpoint` writes and the
 published code reads::
 
     {'epoch': int (epochs completed), 'model': 'resnet50', 'best_loss': float,
@@ -35,7 +35,7 @@ from torch import nn
 from .errors import UserError, cannot_write
 
 MODULE_PREFIX = "module."  # what nn.DataParallel / DistributedDataParallel put before every key
-FDS_PREFIX = "FDS."  # FDS buffers live at model.FDS (SPEC §3, §7)
+FDS_PREFIX = "FDS."  # FDS buffers live at model.FDS (docs/published_behaviour.md §3, §7)
 PUBLISHED_KEYS = ("epoch", "model", "best_loss", "state_dict", "optimizer")
 MAX_LISTED_KEYS = 8  # error messages list at most this many keys per category
 
@@ -142,7 +142,7 @@ def make_checkpoint(
     extra: Optional[Dict[str, Any]] = None,
     module_prefix: bool = True,
 ) -> Dict[str, Any]:
-    """Build a checkpoint dict in the published layout (SPEC §7) from a bare or wrapped model.
+    """Build a checkpoint dict in the published layout (docs/published_behaviour.md §7) from a bare or wrapped model.
 
     model: the model, bare or DataParallel/DDP-wrapped; optimizer: its optimizer (None stores None);
     epoch: number of completed epochs (the published code stores e + 1); best_loss: best val score

@@ -1,4 +1,4 @@
-"""One epoch of training, prediction over a split, and the FDS statistics pass (SPEC §1.6, §3).
+"""One epoch of training, prediction over a split, and the FDS statistics pass (docs/published_behaviour.md §1.6, §3).
 
 These functions know nothing about argparse or files: ``age_train.py`` wires them together.
 The feature regularizer is passed in as one callable ``regularizer(features [B, D], targets [B, 1])
@@ -245,7 +245,7 @@ def update_fds_statistics(model: nn.Module, loader: Iterable, device: torch.devi
                           gather: Optional[Callable[[torch.Tensor, torch.Tensor],
                                                     Tuple[torch.Tensor, torch.Tensor]]] = None,
                           options: Optional[StepOptions] = None) -> None:
-    """SPEC §3, after training epoch ``epoch``: run the train split through the model in train mode
+    """docs/published_behaviour.md §3, after training epoch ``epoch``: run the train split through the model in train mode
     (augmentation on, targets passed so smoothing applies), then update the FDS statistics.
 
     gather: maps this process's (features [n, D], labels [n, 1]) to the whole split's before the

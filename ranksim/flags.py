@@ -30,7 +30,7 @@ def check_method_flags(args: argparse.Namespace) -> None:
     """UserError naming the flag and value when an LDS/FDS/RankSim flag cannot work.
 
     args: parsed flags with lds, reweight, lds_ks, lds_sigma, fds_ks, fds_sigma, bucket_start,
-    bucket_num, fds_mmt, regularization_weight, interpolation_lambda (the names of SPEC §7 and §8).
+    bucket_num, fds_mmt, regularization_weight, interpolation_lambda (the names of docs/published_behaviour.md §7 and §8).
     """
     if args.lds and args.reweight == "none":
         raise UserError("--lds: label distribution smoothing smooths the re-weighting counts, so it needs "

@@ -1,4 +1,4 @@
-"""Row-wise ranking and the blackbox-differentiable ranker used by RankSim (SPEC §1.4-1.5).
+"""Row-wise ranking and the blackbox-differentiable ranker used by RankSim (docs/published_behaviour.md §1.4-1.5).
 
 Every function ranks all rows of an ``[n, m]`` tensor at once (one sort per call, no Python
 loop over rows) and works on any device.

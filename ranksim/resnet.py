@@ -1,4 +1,4 @@
-"""ResNet regressor for the image benchmarks (AgeDB-DIR, IMDB-WIKI-DIR), SPEC §3 and §7.
+"""ResNet regressor for the image benchmarks (AgeDB-DIR, IMDB-WIKI-DIR), docs/published_behaviour.md §3 and §7.
 
 Architecture and parameter names follow torchvision's ResNet (`conv1`, `bn1`, `layer1..4`, blocks
 with `conv1..3`, `bn1..3`, `downsample.0/1`), except that the regression head is called `linear`
@@ -124,7 +124,7 @@ class ResNet(nn.Module):
                 sigma=sigma, momentum=momentum,
             )
 
-        # SPEC §7 init: He-normal with fan-out for convolutions, identity BatchNorm. The head keeps
+        # docs/published_behaviour.md §7 init: He-normal with fan-out for convolutions, identity BatchNorm. The head keeps
         # PyTorch's default Linear init.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -157,7 +157,7 @@ class ResNet(nn.Module):
         if self.training and self.fds and epoch is not None and epoch >= self.start_smooth:
             if targets is None:
                 raise ValueError("FDS smoothing needs the targets: call model(x, targets, epoch)")
-            # In place on purpose (SPEC §3): the returned encoding is the smoothed one.
+            # In place on purpose (docs/published_behaviour.md §3): the returned encoding is the smoothed one.
             encoding = self.FDS.smooth(encoding, targets, epoch)
         pred = self.linear(encoding)
         if self.training and (self.fds or self.return_encoding):

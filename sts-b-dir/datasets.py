@@ -1,4 +1,4 @@
-"""STS-B-DIR data: TSV loading, tokenization, vocabulary, GloVe embeddings, batching (SPEC §8).
+"""STS-B-DIR data: TSV loading, tokenization, vocabulary, GloVe embeddings, batching (docs/published_behaviour.md §8).
 
 Pipeline (train.py calls these in order):
     splits = load_splits(data_dir, max_seq_len)            # {"train"|"val"|"test": PairSplit}
@@ -67,7 +67,7 @@ class PairSplit:
 
 
 def read_pair_tsv(path: "str | os.PathLike", max_seq_len: int) -> PairSplit:
-    """Read one STS-B-DIR TSV (header row, 10 tab-separated columns, SPEC §8) into a PairSplit.
+    """Read one STS-B-DIR TSV (header row, 10 tab-separated columns, docs/published_behaviour.md §8) into a PairSplit.
 
     Rows with an empty score or a sentence that tokenizes to nothing are skipped (as published) and
     counted in ``skipped``. Raises UserError naming the file (and line) for: a missing file, a byte that
@@ -149,7 +149,7 @@ def load_splits(data_dir: "str | os.PathLike", max_seq_len: int) -> Dict[str, Pa
 
 
 def build_vocab(splits: Dict[str, PairSplit], max_word_v_size: int) -> List[str]:
-    """Word list [PADDING, UNKNOWN, w_0, w_1, ...]: the index of a word is its position (SPEC §8).
+    """Word list [PADDING, UNKNOWN, w_0, w_1, ...]: the index of a word is its position (docs/published_behaviour.md §8).
 
     Words are counted over train sentence1s, train sentence2s, dev s1, dev s2, test s1, test s2 (in that
     order) and sorted by count, descending, ties in first-seen order; at most max_word_v_size words
@@ -287,7 +287,7 @@ def load_glove_matrix(
     """Embedding matrix float32 [len(vocab), d_word] and the number of words found in GloVe.
 
     Rows: GloVe vectors for the words GloVe has, N(0, 1) (numpy RNG seeded with ``seed``) for the
-    others (the UNKNOWN entry included), zeros for PADDING (SPEC §8). Reading the 5.6 GB GloVe text
+    others (the UNKNOWN entry included), zeros for PADDING (docs/published_behaviour.md §8). Reading the 5.6 GB GloVe text
     takes minutes, so the vocabulary-filtered vectors are cached next to it (``<glove>.vocab-<key>.pt``,
     key = hash of vocabulary, d_word and the GloVe file's size and mtime): later runs load in seconds.
     """

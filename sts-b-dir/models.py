@@ -1,4 +1,4 @@
-"""STS-B-DIR model: a BiLSTM sentence-pair encoder and a linear regression head (SPEC §8).
+"""STS-B-DIR model: a BiLSTM sentence-pair encoder and a linear regression head (docs/published_behaviour.md §8).
 
     tokens1, tokens2 [B, T] --embedding (frozen GloVe) -> dropout -> 2-layer BiLSTM -> dropout
         -> max-pool over the real (unpadded) time steps -> u, v [B, 2*d_hid]
@@ -94,7 +94,7 @@ class STSBModel(nn.Module):
       scores: float [B, 1] similarity scores on [0, 5] (FDS buckets them into the 50 LDS bins);
       epoch: training epoch (FDS smooths from fds_kwargs['start_smooth'] on).
     Returns pred [B, 1] (score / 5); in training mode with FDS or ``return_features`` (RankSim),
-    (pred, pair features [B, 8*d_hid]) - the features FDS smoothed in place, as published (SPEC §3).
+    (pred, pair features [B, 8*d_hid]) - the features FDS smoothed in place, as published (docs/published_behaviour.md §3).
     """
 
     def __init__(self, num_words: int, d_word: int = 300, d_hid: int = 1500, n_layers: int = 2,

@@ -1,4 +1,4 @@
-"""Train and evaluate the STS-B-DIR BiLSTM regressor, with LDS / FDS / re-weighting / RankSim (SPEC §8).
+"""Train and evaluate the STS-B-DIR BiLSTM regressor, with LDS / FDS / re-weighting / RankSim (docs/published_behaviour.md §8).
 
 Training is iteration-based as published: Adam, batch 16, validation every --val_interval iterations,
 at most --max_vals checks, early stopping on validation MSE, the best checkpoint kept, then the test
@@ -108,7 +108,7 @@ from ranksim.weighting import REWEIGHTS, label_weights, stsb_bin_of
 DATASET = "sts-b"
 ARCH = "sts-b-bilstm"
 SCORE_SCALE = 5.0  # the model is trained on score / 5
-GM_EPS = 1e-10  # STS-B: absolute errors equal to 0 become 1e-10 before the geometric mean (SPEC §5)
+GM_EPS = 1e-10  # STS-B: absolute errors equal to 0 become 1e-10 before the geometric mean (docs/published_behaviour.md §5)
 FOCAL_BETA = 20.0  # Focal-R's beta on STS-B as published (the age datasets use the loss default 0.2)
 EVAL_BATCH_SIZE = 128  # prediction passes only (no gradient); results do not depend on it
 CKPT_NAME, BEST_NAME = "ckpt.pth.tar", "ckpt.best.pth.tar"
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_grad_norm", type=float, default=5.0, help="gradient-norm clip (0: off)")
     a("--val_interval", type=int, default=400, help="iterations between validation checks")
     a("--max_vals", type=int, default=300, help="maximum number of validation checks")
-    a("--patience", type=int, default=30, help="early stop: see SPEC §8 (P = patience + 1)")
+    a("--patience", type=int, default=30, help="early stop: see docs/published_behaviour.md §8 (P = patience + 1)")
     # imbalance methods
     a("--reweight", default="none", choices=list(REWEIGHTS), help="cost-sensitive re-weighting")
     a("--lds", action="store_true", help="label distribution smoothing of the re-weighting")
@@ -314,7 +314,7 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> L
 
 
 def should_stop_early(val_history: List[float], patience: int) -> bool:
-    """SPEC §8, as published: with P = patience + 1, once the history (this check included) is longer
+    """docs/published_behaviour.md §8, as published: with P = patience + 1, once the history (this check included) is longer
     than P, stop when this check's value is >= every one of the last P values."""
     window = patience + 1
     return len(val_history) > window and val_history[-1] >= max(val_history[-window:])

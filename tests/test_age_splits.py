@@ -44,7 +44,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def reference_split(ages, paths, k, cap, seed=666):
-    """Plain-loop balanced split (SPEC §6) on the global random module: path -> split."""
+    """Plain-loop balanced split (docs/published_behaviour.md §6) on the global random module: path -> split."""
     by_age = defaultdict(list)
     for age, path in zip(ages, paths):
         by_age[int(age)].append(path)

@@ -223,7 +223,7 @@ def test_ranksim_run_in_process_with_sgd(vanilla, data, store):
     assert results["args"]["regularization_weight"] == 100.0
     log = (store / "ranksim" / "training.log").read_text()
     assert float(log.split("(ranksim ")[1].split(")")[0]) > 0
-    # SGD runs with momentum and weight decay, Adam without weight decay (SPEC §7)
+    # SGD runs with momentum and weight decay, Adam without weight decay (docs/published_behaviour.md §7)
     sgd_group = load_ckpt(store / "ranksim" / "ckpt.pth.tar")["optimizer"]["param_groups"][0]
     assert (sgd_group["momentum"], sgd_group["weight_decay"]) == (0.9, 1e-4)
     adam_group = load_ckpt(vanilla / "ckpt.pth.tar")["optimizer"]["param_groups"][0]

@@ -1,4 +1,4 @@
-"""Age image datasets (SPEC §6): split CSV validation, items and transforms, unreadable images
+"""Age image datasets (docs/published_behaviour.md §6): split CSV validation, items and transforms, unreadable images
 (also from DataLoader workers), and the synthetic-data generator."""
 import gc
 import hashlib

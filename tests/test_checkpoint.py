@@ -1,4 +1,4 @@
-"""Checkpoint I/O: atomic writes, weights_only loads, strict state_dict loading (SPEC §7 layout)."""
+"""Checkpoint I/O: atomic writes, weights_only loads, strict state_dict loading (docs/published_behaviour.md §7 layout)."""
 import os
 import random
 import re

@@ -1,4 +1,4 @@
-"""FDS against a plain per-label / per-bucket loop written here from SPEC §3, SciPy and hand cases."""
+"""FDS against a plain per-label / per-bucket loop written here from docs/published_behaviour.md §3, SciPy and hand cases."""
 import io
 import math
 
@@ -23,7 +23,7 @@ def gaussian_window(ks, sigma):
 
 
 class LoopFDS:
-    """The SPEC §3 rules as plain loops (one label / bucket at a time), torch.mean / torch.var."""
+    """The docs/published_behaviour.md §3 rules as plain loops (one label / bucket at a time), torch.mean / torch.var."""
 
     def __init__(self, dim, bucket_num, bucket_start, start_update, start_smooth, window, momentum, kind):
         n = bucket_num - bucket_start

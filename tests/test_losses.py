@@ -21,7 +21,7 @@ def sigmoid(x):
 
 
 def per_element(name, d, beta=None, gamma=1.0, activate="sigmoid"):
-    """One element's loss, d = prediction - target, written from SPEC §4."""
+    """One element's loss, d = prediction - target, written from docs/published_behaviour.md §4."""
     a = abs(d)
     if name == "mse":
         return d * d

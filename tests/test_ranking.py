@@ -1,4 +1,4 @@
-"""rank / rank_normalised / TrueRanker against plain-Python references (SPEC §1.4-1.5)."""
+"""rank / rank_normalised / TrueRanker against plain-Python references (docs/published_behaviour.md §1.4-1.5)."""
 import pytest
 import torch
 
@@ -35,7 +35,7 @@ def test_rank_matches_list_reference_on_many_rows_with_ties():
     expected = torch.tensor([reference_rank_row(row) for row in x.tolist()])
     assert torch.equal(rank(x), expected)
     assert torch.equal(rank_normalised(x), reference_rank_normalised(x))
-    # Equivalent closed form from SPEC §1.4: argsort(argsort(v, stable) flipped).
+    # Equivalent closed form from docs/published_behaviour.md §1.4: argsort(argsort(v, stable) flipped).
     closed_form = torch.argsort(torch.argsort(x, dim=1, stable=True).flip(1), dim=1)
     assert torch.equal(rank(x), closed_form)
 

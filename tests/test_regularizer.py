@@ -1,4 +1,4 @@
-"""batchwise_ranking_regularizer against a plain per-row loop written here from SPEC §1."""
+"""batchwise_ranking_regularizer against a plain per-row loop written here from docs/published_behaviour.md §1."""
 import itertools
 import subprocess
 import sys
@@ -27,7 +27,7 @@ def regularizer_for(path):
 
     return masked
 
-# ---------------------------------------------------------------- independent reference (SPEC §1)
+# ---------------------------------------------------------------- independent reference (docs/published_behaviour.md §1)
 
 
 def ref_rank_normalised(values):
@@ -40,7 +40,7 @@ def ref_rank_normalised(values):
 
 
 class RefTrueRanker(torch.autograd.Function):
-    """TrueRanker of ONE row [1, m] with list-based ranks (SPEC §1.5)."""
+    """TrueRanker of ONE row [1, m] with list-based ranks (docs/published_behaviour.md §1.5)."""
 
     @staticmethod
     def forward(ctx, row, lam):
@@ -57,7 +57,7 @@ class RefTrueRanker(torch.autograd.Function):
 
 
 def ref_loss_no_reduction(features, targets, lam):
-    """SPEC §1 steps 2-3 as a per-row loop over the given samples (no tie reduction)."""
+    """docs/published_behaviour.md §1 steps 2-3 as a per-row loop over the given samples (no tie reduction)."""
     x = F.normalize(features.float().reshape(features.shape[0], -1), dim=1)
     sims = x @ x.T
     y = targets.reshape(-1).float().tolist()

@@ -1,4 +1,4 @@
-"""ResNet regressor: published parameter layout, init, forward contract with FDS / RankSim (SPEC §3, §7)."""
+"""ResNet regressor: published parameter layout, init, forward contract with FDS / RankSim (docs/published_behaviour.md §3, §7)."""
 import math
 
 import pytest
@@ -14,7 +14,7 @@ FDS_BUFFERS = ("epoch", "running_mean", "running_var", "running_mean_last_epoch"
 
 def published_layout(tv_model, feature_dim, fds_buckets=None):
     """Expected {name: shape}: torchvision's names with the head `fc` renamed `linear` ([1, D] / [1]),
-    plus the FDS buffers (SPEC §3) when fds_buckets is given."""
+    plus the FDS buffers (docs/published_behaviour.md §3) when fds_buckets is given."""
     layout = {}
     for name, tensor in tv_model.state_dict().items():
         if name.startswith("fc."):

@@ -102,7 +102,7 @@ def test_missing_tsv_says_how_to_get_it(tmp_path):
 
 
 def test_published_split_sizes_and_test_groups_from_the_fixture_scores(tmp_path):
-    """RankSim's STS-B-DIR files hold 5,249 / 1,000 / 1,000 pairs with test groups 775 / 175 / 50 (SPEC §5).
+    """RankSim's STS-B-DIR files hold 5,249 / 1,000 / 1,000 pairs with test groups 775 / 175 / 50 (docs/published_behaviour.md §5).
 
     The fixture has every split's score strings and counts (derived from the published files by
     tests/fixtures/make_fixtures.py); we write TSVs with those scores and run the real loader."""

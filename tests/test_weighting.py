@@ -1,6 +1,6 @@
 """Label binning, LDS kernel windows and per-sample re-weighting against independent references.
 
-References: plain-loop implementations of SPEC §2 written here, hand-computed cases, SciPy, and the
+References: plain-loop implementations of docs/published_behaviour.md §2 written here, hand-computed cases, SciPy, and the
 published AgeDB-DIR / STS-B-DIR train labels (counts in tests/fixtures, see make_fixtures.py).
 """
 import math
@@ -157,7 +157,7 @@ def test_bin_counts():
 # ---------------------------------------------------------------- re-weighting and LDS
 
 def reference_weights(labels, reweight, lds, kernel, ks, sigma, label_kind):
-    """SPEC §2 written with plain Python loops (the LDS convolution too, zero padding)."""
+    """docs/published_behaviour.md §2 written with plain Python loops (the LDS convolution too, zero padding)."""
     if label_kind == "age":
         num_bins = 121
         bin_of = [min(120, max(0, int(float(x)))) for x in labels]

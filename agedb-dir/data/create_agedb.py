@@ -6,7 +6,7 @@ Run from ``agedb-dir/``:
 
 Reads ``<data_dir>/AgeDB/<id>_<name>_<age>_<gender>.jpg``, writes the metadata ``agedb_meta.csv``
 (age,path; files in name order) and the balanced split ``agedb.csv`` (age,path,split; val/test hold
-min(count // 3, 30) images of every age 0..120, seed 666; SPEC §6). Existing files are replaced only
+min(count // 3, 30) images of every age 0..120, seed 666; docs/published_behaviour.md §6). Existing files are replaced only
 with ``--force``. For the exact split of the paper use ``data/download_split.py`` instead: the split
 has the same per-age sizes, but which image lands where depends on the order of the metadata rows.
 """

@@ -8,7 +8,7 @@ Reads ``<data_dir>/imdb_crop/imdb.mat`` and ``<data_dir>/wiki_crop/wiki.mat``, k
 face_score >= 1, no second face and 0 <= age <= 200 (age = photo year - birth year, minus one when
 born in July or later), writes the metadata ``imdb_wiki_meta.csv`` (age,path; imdb rows then wiki
 rows, in file order) and the balanced split ``imdb_wiki.csv`` (age,path,split; val/test hold
-min(count // 5, 150) images of every age 0..120, seed 666; SPEC §6). Existing files are replaced
+min(count // 5, 150) images of every age 0..120, seed 666; docs/published_behaviour.md §6). Existing files are replaced
 only with ``--force``. ``data/download_split.py`` fetches the paper's published split instead.
 """
 from ranksim.age_splits import (

@@ -1,4 +1,4 @@
-"""Build STS-B-DIR from GLUE STS-B: download the GLUE zip, then make a balanced dev/test split (SPEC §8).
+"""Build STS-B-DIR from GLUE STS-B: download the GLUE zip, then make a balanced dev/test split (docs/published_behaviour.md §8).
 
 Run from ``sts-b-dir/``:
 

@@ -5,7 +5,7 @@ Run from ``sts-b-dir/``:
     python data/download_sts_b_dir.py                   # RankSim's files (the paper's numbers use these)
     python data/download_sts_b_dir.py --source yang     # Yang et al.'s (ICML 2021) files
 
-Both are random balanced splits of GLUE STS-B train+dev, and they differ (SPEC §8). Each file is
+Both are random balanced splits of GLUE STS-B train+dev, and they differ (docs/published_behaviour.md §8). Each file is
 fetched from ``sts-b-dir/glue_data/STS-B/`` of its repository at a pinned commit, its sha256 is
 checked before it is put in place (a mismatch leaves nothing behind), and an existing file is
 replaced only with ``--force``. Interrupted downloads resume.

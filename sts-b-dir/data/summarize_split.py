@@ -4,7 +4,7 @@ groups, vocabulary size. Use it to check downloaded or created files.
     python data/summarize_split.py --data_dir ./glue_data/STS-B
 
 RankSim's published files give train/val/test 5,249 / 1,000 / 1,000 pairs and test groups
-many/medium/few 775 / 175 / 50 (SPEC §5).
+many/medium/few 775 / 175 / 50 (docs/published_behaviour.md §5).
 """
 import sys
 from pathlib import Path
