@@ -592,6 +592,7 @@ def main(argv=None) -> Dict:
     args = build_parser().parse_args(argv)
 
     def check() -> None:
+        resolve_resume_by_name(args)  # a bare --resume names its checkpoint before it is read
         adopt_checkpoint_settings(args, explicit_flags(build_parser, argv))
         check_args(args)
 
