@@ -11,7 +11,7 @@
     python reproduce.py evaluate-released --dataset agedb --row sqinv-ranksim --checkpoint FILE
 
 Datasets: agedb, imdb_wiki, sts-b. The rows, their flags (those of the published README's commands)
-and the published numbers are data in `ranksim/paper.py` (its docstring states the choices made
+and the published numbers are data in `ranksim/harness/paper.py` (its docstring states the choices made
 where the paper is silent). Commands run from the repository root; everything after `--` is passed
 to train.py unchanged (e.g. `--epoch 1` for a quick check).
 
@@ -39,8 +39,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ranksim.errors import UserError, run_cli
-from ranksim.paper import (
+from ranksim.harness.cli import UserError, run_cli
+from ranksim.harness.paper import (
     ALL_GROUPS,
     BELIEVED,
     BENCHMARKS,
@@ -418,7 +418,7 @@ LEGEND = ("Each cell: ours as mean ± sample std over n seeds (n=1: a single run
           "published]; ‡: the published number lies more than 2 standard errors from our mean. An empty cell "
           "or a missing 'ours' means no run of that row was found. Published numbers: the RankSim README "
           "(BorealisAI/ranksim-imbalanced-regression) and Yang et al. (2021) as reprinted by later papers; "
-          "see ranksim/paper.py.")
+          "see ranksim/harness/paper.py.")
 
 
 def markdown_table(table: dict) -> str:

@@ -1,8 +1,8 @@
 """AgeDB-DIR dataset: `<data_dir>/agedb.csv` (age,path,split) and the images it lists (docs/published_behaviour.md §6).
 
-Items are (image [3, s, s], age float32 [1], loss weight float32 [1]); see ranksim.age_data.
+Items are (image [3, s, s], age float32 [1], loss weight float32 [1]); see ranksim.harness.data.age.
 """
-from ranksim.age_data import AgeCSVDataset
+from ranksim.harness.data.age import AgeCSVDataset
 
 
 class AgeDB(AgeCSVDataset):

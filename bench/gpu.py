@@ -2,11 +2,11 @@
 
   (a) RankSim regularizer forward + backward: the library vs the published per-row loop
       (bench/regularizer.py's loop_regularizer), D = 2048, AgeDB-like labels, B = 64 / 256 / 1024;
-  (b) ResNet-50 training step (ranksim.engine.train_one_epoch on one batch, Adam, weighted L1) at
+  (b) ResNet-50 training step (ranksim.harness.loop.train_one_epoch on one batch, Adam, weighted L1) at
       224 px: fp32 vs bf16 autocast + channels_last, each without and with RankSim (gamma 100,
       lambda 2), B = 64 and 256 -> images/s, RankSim overhead, bf16 speed-up;
   (c) data loading: images/s of the AgeDB-DIR train pipeline (JPEG decode, resize, crop, flip) from a
-      generated JPEG folder (ranksim.synthetic), pinned memory and persistent workers.
+      generated JPEG folder (ranksim.harness.data.synthetic), pinned memory and persistent workers.
 
 Targets on an H100-class GPU (issue 5): RankSim adds <= 2 % to a ResNet-50 step at B = 64 and 256;
 the library is >= 30x faster than the loop at B = 256; bf16 + channels_last >= 1.8x fp32.
@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from regularizer import loop_regularizer, make_batch  # noqa: E402  (the per-row loop, shared)
 from train_step import median_step_seconds, synchronize  # noqa: E402
 
-from ranksim.engine import StepOptions, keep_float32, ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.harness.loop import StepOptions, keep_float32, ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.harness.models.resnet import resnet50  # noqa: E402
 from ranksim.losses import weighted_l1_loss  # noqa: E402
 from ranksim.regularizer import batchwise_ranking_regularizer  # noqa: E402
-from ranksim.resnet import resnet50  # noqa: E402
 
 GAMMA, LAMBDA = 100.0, 2.0
 TARGETS = {"ranksim_overhead": 0.02, "library_vs_loop_at_256": 30.0, "bf16_speedup": 1.8}
@@ -143,8 +143,8 @@ def bench_step(device, sz, rows):
 def bench_loader(device, sz, rows):
     from torch.utils.data import DataLoader
 
-    from ranksim.age_data import AgeCSVDataset
-    from ranksim.synthetic import make_synthetic_age_dataset
+    from ranksim.harness.data.age import AgeCSVDataset
+    from ranksim.harness.data.synthetic import make_synthetic_age_dataset
 
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()

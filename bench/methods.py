@@ -1,6 +1,6 @@
 """Benchmark: per-step cost of every method the harness runs, relative to vanilla and to RankSim.
 
-One step = ranksim.engine.train_one_epoch on one batch (what the age programs run per step) with
+One step = ranksim.harness.loop.train_one_epoch on one batch (what the age programs run per step) with
 the method's loss / regularizer / view term, on its own model copy; random images, AgeDB-like
 integer ages. Variants are timed in turn within each round (bench/train_step.py's timer), so every
 ratio is against a vanilla and a RankSim step measured in the same run:
@@ -27,10 +27,10 @@ from common import run_benchmark  # noqa: E402
 from train_step import median_step_seconds, synchronize  # noqa: E402  (same timer as the RankSim step bench)
 
 from ranksim.balanced_mse import BalancedMSELoss, fit_gaussian_mixture, label_histogram  # noqa: E402
-from ranksim.comparators import conr_view_loss, rnc_view_loss  # noqa: E402
-from ranksim.engine import ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.harness.comparators import conr_view_loss, rnc_view_loss  # noqa: E402
+from ranksim.harness.loop import ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.harness.models.resnet import build_model  # noqa: E402
 from ranksim.losses import weighted_l1_loss  # noqa: E402
-from ranksim.resnet import build_model  # noqa: E402
 
 VARIANTS = ("vanilla", "ranksim", "bmse-bmc", "bmse-bni", "bmse-gai", "conr", "conr+ranksim", "rnc")
 

@@ -1,7 +1,7 @@
 """Benchmark: ResNet-50 training-step throughput with and without RankSim.
 
 One step = forward (backbone + head), weighted L1 loss [+ gamma * RankSim on the 2048-d pooled
-features], backward, Adam step, i.e. exactly what ranksim/engine.py does per batch. Three variants:
+features], backward, Adam step, i.e. exactly what ranksim/harness/loop.py does per batch. Three variants:
 
   none     the regularizer off (the model returns only the prediction)
   library  ranksim.regularizer.batchwise_ranking_regularizer (vectorised)
@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from regularizer import loop_regularizer  # noqa: E402  (the per-row reference, shared with bench/regularizer.py)
 
-from ranksim.engine import ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.harness.loop import ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.harness.models.resnet import resnet50  # noqa: E402
 from ranksim.losses import weighted_l1_loss  # noqa: E402
-from ranksim.resnet import resnet50  # noqa: E402
 
 GAMMA, LAMBDA = 100.0, 2.0  # the paper's AgeDB-DIR settings
 TARGET_OVERHEAD = 0.02

@@ -11,7 +11,7 @@ What it is (and why):
   would have no many-shot age at all). tests/test_demo.py checks these numbers against split_ages().
 - Val and test copy the published balanced test histogram (30 per age in the middle, fewer in the
   tails; AGEDB_TEST_COUNTS) scaled by eval_scale = 1/3, rounded up: at most 10 per age, 725 images each.
-- Images (32x32 RGB JPEG) come from :func:`ranksim.synthetic.draw_age_image`: a disc whose radius
+- Images (32x32 RGB JPEG) come from :func:`ranksim.harness.data.synthetic.draw_age_image`: a disc whose radius
   grows with the age, at a random position, in random fore/background colours, with pixel noise.
   The radius is drawn from the APPARENT age = age + N(0, apparent_age_sd = 4 years): like faces,
   the picture does not determine the label exactly, so the best possible MAE is not 0 and a model that
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ranksim.errors import UserError, run_cli
-from ranksim.synthetic import draw_age_image
+from ranksim.harness.cli import UserError, run_cli
+from ranksim.harness.data.synthetic import draw_age_image
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "figures"))
 from make_data import DEFAULTS as DATA_DEFAULTS  # noqa: E402
 from make_data import make_demo_dataset  # noqa: E402
 
-from ranksim.errors import UserError, run_cli  # noqa: E402
+from ranksim.harness.cli import UserError, run_cli  # noqa: E402
 from ranksim.metrics import age_shot_groups, per_label_mae, regression_metrics  # noqa: E402
 from ranksim.stats import paired_difference, summarize  # noqa: E402
 

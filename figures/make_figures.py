@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # files only; no display needed (CI, servers)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ranksim.errors import UserError, check_file, run_cli  # noqa: E402
+from ranksim.harness.cli import UserError, check_file, run_cli  # noqa: E402
 from ranksim.metrics import (  # noqa: E402
     AGE_FEW_SHOT_THRESHOLD,
     AGE_MANY_SHOT_THRESHOLD,
@@ -325,9 +325,9 @@ def batch_features(run_dir: "str | Path", data_dir: Optional[str], batch_size: i
     """
     import torch
 
-    from ranksim.age_data import AgeCSVDataset
-    from ranksim.checkpoint import load_checkpoint, load_model_state, state_dict_of
-    from ranksim.resnet import build_model
+    from ranksim.harness.checkpoint import load_checkpoint, load_model_state, state_dict_of
+    from ranksim.harness.data.age import AgeCSVDataset
+    from ranksim.harness.models.resnet import build_model
 
     run_dir = Path(run_dir)
     results = read_results(run_dir)

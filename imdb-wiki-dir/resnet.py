@@ -1,4 +1,4 @@
-"""The paper's module name for the model: `from resnet import resnet50` (defined in ranksim.resnet)."""
-from ranksim.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
+"""The paper's module name for the model: `from resnet import resnet50` (defined in ranksim.harness.models.resnet)."""
+from ranksim.harness.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]

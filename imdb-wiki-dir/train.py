@@ -3,15 +3,15 @@
     python train.py --reweight sqrt_inv --regularization_weight=100 --interpolation_lambda=2 \
         --batch_size 64 --lr 2.5e-4
 
-The whole program lives in ranksim/age_train.py (shared with agedb-dir); `python train.py -h`
+The whole program lives in ranksim/harness/age_program.py (shared with agedb-dir); `python train.py -h`
 lists every flag. This file only holds what is specific to IMDB-WIKI-DIR.
 """
 import sys
 
 from datasets import IMDBWIKI
 
-from ranksim.age_train import main
-from ranksim.errors import run_cli
+from ranksim.harness.age_program import main
+from ranksim.harness.cli import run_cli
 
 # IMDB-WIKI-DIR values of the flags whose defaults differ between the two age benchmarks (docs/published_behaviour.md §7).
 DEFAULTS = {"dataset": "imdb_wiki", "lds_ks": 5, "fds_ks": 5, "bucket_start": 0, "epoch": 90}

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bins import STSB_RANGE, Binning
-from .kernels import KERNELS, kernel_window
+from ranksim.bins import STSB_RANGE, Binning
+from ranksim.kernels import KERNELS, kernel_window
 
 LABEL_KINDS = ("age", "stsb")
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ranking import TrueRanker, _masked_rank_normalised, masked_true_rank, rank_normalised
+from ranksim.ranking import TrueRanker, _masked_rank_normalised, masked_true_rank, rank_normalised
 
 LABEL_DISTANCES = ("l1", "l2")
 

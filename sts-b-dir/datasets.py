@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from nltk.tokenize import word_tokenize
 
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
 
 PADDING = "@@PADDING@@"  # index 0: all-zero embedding, masked out of the LSTM and the pooling
 UNKNOWN = "@@UNKNOWN@@"  # index 1: every word outside the vocabulary
@@ -373,7 +373,7 @@ def collate_pairs(items) -> Tuple[PairInputs, torch.Tensor, torch.Tensor]:
     """Stack PairDataset items -> (PairInputs, scores float32 [B, 1] in [0, 5], weights float32 [B, 1]).
 
     Same (inputs, labels, weights) triple as the image benchmarks' batches, so the package's
-    prediction and FDS-statistics loops (ranksim.engine) run on it unchanged.
+    prediction and FDS-statistics loops (ranksim.harness.loop) run on it unchanged.
     """
     ids1, ids2, scores, weights = zip(*items)
     pad = torch.nn.utils.rnn.pad_sequence

@@ -45,7 +45,8 @@ from models import HEAD_NAME, STSBModel
 from tqdm import tqdm
 
 from ranksim.bins import Binning
-from ranksim.checkpoint import (
+from ranksim.distributed import GatheredRankSim
+from ranksim.harness.checkpoint import (
     atomic_write,
     capture_rng_state,
     check_checkpoint_flag,
@@ -59,16 +60,16 @@ from ranksim.checkpoint import (
     state_dict_of,
     unwrap_model,
 )
-from ranksim.comparators import (
+from ranksim.harness.cli import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.comparators import (
     Comparator,
     add_comparator_flags,
     build_comparator,
     check_comparator_flags,
     comparator_run_name,
 )
-from ranksim.distributed import (
+from ranksim.harness.distributed import (
     DistContext,
-    GatheredRankSim,
     broadcast_object,
     fds_gather,
     gather_predictions,
@@ -78,7 +79,8 @@ from ranksim.distributed import (
     sync_state,
     wrap_model,
 )
-from ranksim.engine import (
+from ranksim.harness.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
+from ranksim.harness.loop import (
     EXPLODING_LOSS,
     DivergenceError,
     StepOptions,
@@ -89,12 +91,8 @@ from ranksim.engine import (
     predict,
     update_fds_statistics,
 )
-from ranksim.engine import ranksim_regularizer as make_ranksim_regularizer
-from ranksim.errors import OneLineArgumentParser, UserError, run_cli
-from ranksim.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
-from ranksim.losses import LOSSES, get_loss
-from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
-from ranksim.runs import (
+from ranksim.harness.loop import ranksim_regularizer as make_ranksim_regularizer
+from ranksim.harness.run import (
     RESULTS_NAME,
     RunLogger,
     evaluation_run_name,
@@ -103,6 +101,8 @@ from ranksim.runs import (
     select_device,
     write_results_json,
 )
+from ranksim.losses import LOSSES, get_loss
+from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
 from ranksim.weighting import REWEIGHTS, label_weights, stsb_bin_of
 
 DATASET = "sts-b"
@@ -359,7 +359,7 @@ def train_step(model, batch, optimizer, loss_fn, regularizer, device, epoch: int
     share = b_r * N / B: DDP averages the N ranks' gradients, so scaling each rank's mean loss by its
     share makes the average the global-batch mean even when the last batch of an epoch splits unevenly;
     the regularizer (GatheredRankSim) is computed on the global batch and needs no scaling (see
-    ranksim/distributed.py). view_loss: ConR on two dropout draws of the batch (ranksim.comparators),
+    ranksim/distributed.py). view_loss: ConR on two dropout draws of the batch (ranksim.harness.comparators),
     added as is.
     """
     options = options or StepOptions()

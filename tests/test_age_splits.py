@@ -1,6 +1,6 @@
 """Data preparation for AgeDB-DIR / IMDB-WIKI-DIR: balanced split, AgeDB file names, IMDB-WIKI .mat rows.
 
-References are independent of ranksim.age_splits: a plain-loop split written here with the global
+References are independent of ranksim.harness.data.age_splits: a plain-loop split written here with the global
 ``random`` module, ``datetime.fromordinal`` for MATLAB datenums, hand-computed ages, and the published
 AgeDB split (fixture ``agedb_split_order.json.gz``: ages and splits of the published agedb.csv in its
 row order, sha256 ab9f8d4c...; made with ``json.dumps({"ages": " ".join(ages), "splits": "tvs" codes})``).
@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from ranksim.age_splits import (
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.age_splits import (
     AGEDB_CAP,
     AGEDB_K,
     IMDB_WIKI_CAP,
@@ -37,7 +38,6 @@ from ranksim.age_splits import (
     validate_split_table,
     write_split_csv,
 )
-from ranksim.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -22,11 +22,11 @@ import torchvision
 from folder_modules import load_folder_module
 from PIL import Image
 
-from ranksim.age_train import build_parser, main
-from ranksim.checkpoint import strip_module_prefix
-from ranksim.errors import UserError
-from ranksim.resnet import resnet18
-from ranksim.synthetic import make_synthetic_age_dataset
+from ranksim.harness.age_program import build_parser, main
+from ranksim.harness.checkpoint import strip_module_prefix
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.models.resnet import resnet18
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
@@ -390,7 +390,7 @@ def skewed_data(tmp_path_factory):
 def test_published_quirks_flag_reaches_weights_loss_and_limit(skewed_data, store, monkeypatch, quirk):
     """--published_quirks switches the INV+LDS weights to integer smoothing, the Huber loss to the
     published positional call and the divergence limit to 1e6 (each pinned in test_published_quirks)."""
-    import ranksim.age_train as age_train
+    import ranksim.harness.age_program as age_train
     from ranksim.weighting import label_weights
 
     seen = {}

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from ranksim.age_data import AgeCSVDataset, ImageReadError
-from ranksim.errors import UserError, one_line
-from ranksim.synthetic import make_synthetic_age_dataset
+from ranksim.harness.cli import UserError, one_line
+from ranksim.harness.data.age import AgeCSVDataset, ImageReadError
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_synthetic_dataset_is_deterministic_and_label_dependent(tmp_path):
 def test_transforms_equal_torchvision(size):
     from torchvision import transforms
 
-    from ranksim.age_data import age_transform
+    from ranksim.harness.data.age import age_transform
 
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))

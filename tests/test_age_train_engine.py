@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ranksim.age_train import AGEDB_DEFAULTS, build_loaders, build_parser, lr_at, run_name
-from ranksim.engine import (
+from ranksim.harness.age_program import AGEDB_DEFAULTS, build_loaders, build_parser, lr_at, run_name
+from ranksim.harness.loop import (
     DivergenceError,
     freeze_all_but_head,
     ranksim_regularizer,
@@ -16,9 +16,9 @@ from ranksim.engine import (
     train_one_epoch,
     update_fds_statistics,
 )
+from ranksim.harness.models.resnet import resnet18
 from ranksim.losses import weighted_l1_loss
 from ranksim.regularizer import batchwise_ranking_regularizer
-from ranksim.resnet import resnet18
 
 
 def batch(seed=0, n=8):

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 from folder_modules import load_folder_module
 
-from ranksim.age_train import AGEDB_DEFAULTS, main
-from ranksim.engine import keep_float32, make_step_options, ranksim_regularizer
-from ranksim.errors import UserError
+from ranksim.harness.age_program import AGEDB_DEFAULTS, main
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.loop import keep_float32, make_step_options, ranksim_regularizer
 from ranksim.regularizer import batchwise_ranking_regularizer
-from ranksim.synthetic import make_synthetic_age_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ranksim.checkpoint import (
+from ranksim.harness.checkpoint import (
     PUBLISHED_KEYS,
     add_module_prefix,
     capture_rng_state,
@@ -22,7 +22,7 @@ from ranksim.checkpoint import (
     state_dict_of,
     strip_module_prefix,
 )
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
 
 
 class FakeFDS(nn.Module):

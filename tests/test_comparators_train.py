@@ -26,10 +26,10 @@ from test_age_train import (  # noqa: F401
     store,
 )
 
-from ranksim.age_train import main
 from ranksim.balanced_mse import fit_gaussian_mixture
-from ranksim.comparators import conr_view_loss
-from ranksim.errors import UserError
+from ranksim.harness.age_program import main
+from ranksim.harness.cli import UserError
+from ranksim.harness.comparators import conr_view_loss
 
 
 def train(data, store, name, extra, epochs=2):  # noqa: F811

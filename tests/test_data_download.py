@@ -18,7 +18,7 @@ from folder_modules import load_folder_module
 from http_server import serve_directory
 from test_age_splits import IMDB_ROWS, WIKI_ROWS, assert_one_line_error, repeated_rows, write_mat
 
-from ranksim.age_splits import read_split_csv
+from ranksim.harness.data.age_splits import read_split_csv
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ranksim.age_data import AgeCSVDataset
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.age import AgeCSVDataset
 from ranksim.metrics import age_shot_groups
 from ranksim.stats import paired_difference, summarize
 
@@ -106,7 +106,7 @@ def test_refuses_a_folder_that_is_not_a_demo_dataset(tmp_path):
 
 def test_images_depend_on_the_age():
     """Older -> larger disc: the fraction of bright (foreground) pixels grows with the age."""
-    from ranksim.synthetic import draw_age_image
+    from ranksim.harness.data.synthetic import draw_age_image
 
     rng = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""Multi-process training (ranksim/distributed.py) on CPU with gloo and 2 processes.
+"""Multi-process training (ranksim/distributed.py, ranksim/harness/distributed.py) on CPU with gloo and 2 processes.
 
 One spawned 2-process job does every collective check at once (process start-up dominates on two
 cores) and saves what each rank computed; the single-process references are computed here, in the
@@ -26,21 +26,21 @@ import torch.nn as nn
 from folder_modules import load_folder_module
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from ranksim.distributed import (
+from ranksim.distributed import GatheredRankSim
+from ranksim.fds import FDS
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.distributed import (
     DistContext,
-    GatheredRankSim,
     fds_gather,
     gather_predictions,
     mean_over_ranks,
     per_rank_batch,
     wrap_model,
 )
-from ranksim.engine import StepOptions, train_one_epoch, update_fds_statistics
-from ranksim.errors import UserError
-from ranksim.fds import FDS
+from ranksim.harness.loop import StepOptions, train_one_epoch, update_fds_statistics
 from ranksim.losses import weighted_l1_loss
 from ranksim.regularizer import batchwise_ranking_regularizer, reduce_ties
-from ranksim.synthetic import make_synthetic_age_dataset
 from ranksim.weighting import label_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def load_agedb_module():
 
 
 def test_indivisible_batch_under_torchrun_stops_before_anything_is_made(tmp_path, monkeypatch):
-    from ranksim.age_train import AGEDB_DEFAULTS, main
+    from ranksim.harness.age_program import AGEDB_DEFAULTS, main
 
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(name, value)

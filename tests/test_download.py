@@ -12,8 +12,8 @@ import zipfile
 import pytest
 from http_server import serve_directory
 
-from ranksim.download import download, extract_archive, sha256_of
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.download import download, extract_archive, sha256_of
 
 SIZE = 300_000
 

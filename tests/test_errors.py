@@ -6,12 +6,12 @@ import textwrap
 
 import pytest
 
-from ranksim.errors import OneLineArgumentParser, UserError, check_file, run_cli
+from ranksim.harness.cli import OneLineArgumentParser, UserError, check_file, run_cli
 
 
 def run_script(body: str) -> subprocess.CompletedProcess:
     """Run a tiny program that calls run_cli; return the finished process (text stdout/stderr)."""
-    code = "from ranksim.errors import UserError, run_cli\n" + textwrap.dedent(body)
+    code = "from ranksim.harness.cli import UserError, run_cli\n" + textwrap.dedent(body)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
 
 
@@ -89,7 +89,7 @@ def test_help_shows_every_default_of_the_training_and_data_programs():
 
     from folder_modules import load_folder_module
 
-    from ranksim.age_train import build_parser as age_parser
+    from ranksim.harness.age_program import build_parser as age_parser
 
     repo = Path(__file__).resolve().parents[1]
     stsb_parser = load_folder_module("stsb_train_help", repo / "sts-b-dir" / "train.py").build_parser

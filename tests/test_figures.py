@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ranksim.checkpoint import add_module_prefix, load_checkpoint, save_checkpoint
-from ranksim.errors import UserError
-from ranksim.resnet import resnet18
-from ranksim.synthetic import make_synthetic_age_dataset
+from ranksim.harness.checkpoint import add_module_prefix, load_checkpoint, save_checkpoint
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.models.resnet import resnet18
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -183,7 +183,7 @@ def test_three_figures_are_written(tiny_runs, tmp_path):
 
 
 def test_cli_errors_are_one_line(tiny_runs, tmp_path, capsys):
-    from ranksim.errors import run_cli
+    from ranksim.harness.cli import run_cli
 
     data, runs = tiny_runs
     with pytest.raises(SystemExit) as exit_info:
@@ -237,7 +237,7 @@ def pd_test_ages(data: Path) -> list:
 
 
 def test_ranks_with_a_missing_data_dir_names_it_and_the_flag(tmp_path, monkeypatch, capsys):
-    from ranksim.errors import run_cli
+    from ranksim.harness.cli import run_cli
 
     bench = tmp_path / "agedb-dir"
     run_trained_with_relative_paths(bench)

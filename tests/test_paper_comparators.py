@@ -1,11 +1,11 @@
-"""The Balanced MSE / ConR / Rank-N-Contrast rows of ranksim/paper.py and their reproduce.py table cells."""
+"""The Balanced MSE / ConR / Rank-N-Contrast rows of ranksim/harness/paper.py and their reproduce.py table cells."""
 import json
 
 import pytest
 from test_reproduce import age_metrics, reproduce, write_results
 
-from ranksim.age_train import build_parser
-from ranksim.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED, ROWS, published
+from ranksim.harness.age_program import build_parser
+from ranksim.harness.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED, ROWS, published
 
 
 @pytest.mark.parametrize("dataset", ["agedb", "imdb_wiki", "sts-b"])

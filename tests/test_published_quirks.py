@@ -13,8 +13,8 @@ from folder_modules import load_folder_module
 from published_labels import agedb_labels, stsb_labels
 from scipy.ndimage import convolve1d, gaussian_filter1d
 
-from ranksim.engine import DivergenceError, exploding_loss_limit, train_one_epoch
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
+from ranksim.harness.loop import DivergenceError, exploding_loss_limit, train_one_epoch
 from ranksim.losses import get_loss, published_age_loss
 from ranksim.ranking import rank_normalised
 from ranksim.weighting import label_weights

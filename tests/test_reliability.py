@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from folder_modules import load_folder_module
 
-from ranksim.synthetic import make_synthetic_age_dataset
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 STSB_DIR = REPO / "sts-b-dir"
@@ -119,8 +119,8 @@ def test_a_flag_contradicting_the_checkpoint_is_refused(run_32px, age_data, tmp_
                                    "pass --img_size 32")
     assert not (tmp_path / "runs").exists()
     # the same value given explicitly is fine (checked in-process: flags only)
-    from ranksim.age_train import AGEDB_DEFAULTS, adopt_checkpoint_settings, build_parser
-    from ranksim.flags import explicit_flags
+    from ranksim.harness.age_program import AGEDB_DEFAULTS, adopt_checkpoint_settings, build_parser
+    from ranksim.harness.flags import explicit_flags
     argv[-1] = "32"
     args = build_parser(AGEDB_DEFAULTS).parse_args(argv)
     adopt_checkpoint_settings(args, explicit_flags(lambda: build_parser(AGEDB_DEFAULTS), argv))
@@ -153,7 +153,7 @@ def test_stsb_evaluate_takes_the_model_sizes_from_the_checkpoint(stsb_data, tmp_
 def test_age_train_test_overlap_is_warned_about():
     import pandas as pd
 
-    from ranksim.age_data import AgeCSVDataset
+    from ranksim.harness.data.age import AgeCSVDataset
 
     table = pd.DataFrame({"age": [20, 30, 40, 50, 60], "split": ["train", "train", "val", "test", "test"],
                           "path": ["a.jpg", "b.jpg", "c.jpg", "b.jpg", "e.jpg"]})
@@ -184,8 +184,8 @@ def test_a_checkpoint_write_that_fails_keeps_the_previous_one(tmp_path):
 
     import torch
 
-    from ranksim.checkpoint import load_checkpoint, save_checkpoint
-    from ranksim.errors import UserError
+    from ranksim.harness.checkpoint import load_checkpoint, save_checkpoint
+    from ranksim.harness.cli import UserError
 
     path = tmp_path / "ckpt.pth.tar"
     save_checkpoint({"epoch": 1, "w": torch.zeros(10)}, path)
@@ -209,8 +209,8 @@ def test_full_disk_while_writing_results_is_one_line(tmp_path, monkeypatch):
     import errno
     import io
 
-    from ranksim.errors import UserError
-    from ranksim.runs import write_results_json
+    from ranksim.harness.cli import UserError
+    from ranksim.harness.run import write_results_json
 
     real_fdopen = os.fdopen
 
@@ -227,7 +227,7 @@ def test_full_disk_while_writing_results_is_one_line(tmp_path, monkeypatch):
 def test_run_directory_deleted_mid_run_is_recreated_and_said_once(tmp_path, capsys):
     import shutil
 
-    from ranksim.runs import RunLogger
+    from ranksim.harness.run import RunLogger
 
     run_dir = tmp_path / "run"
     with RunLogger(run_dir) as logger:
@@ -249,7 +249,7 @@ def test_run_directory_names_follow_one_short_rule(run_32px, age_data, tmp_path)
     """A finished run continued with --resume gets '<name>_2' (as STS-B did); evaluations 'eval_<40 chars>_<time>'."""
     import re
 
-    from ranksim.runs import evaluation_run_name
+    from ranksim.harness.run import evaluation_run_name
 
     long_dir = tmp_path / ("agedb_resnet50_sqrt_inv_lds_gau_9_1.0_ranksim_100.0_2.0_adam_l1_0.00025_64_" * 2)
     name = evaluation_run_name(long_dir / "ckpt.best.pth.tar")

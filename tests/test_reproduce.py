@@ -1,4 +1,4 @@
-"""reproduce.py and ranksim/paper.py: the paper's rows, their commands, and the results table.
+"""reproduce.py and ranksim/harness/paper.py: the paper's rows, their commands, and the results table.
 
 The table is checked on hand-written results.json files (exact cells) and on results.json files of
 tiny REAL agedb-dir/train.py runs (Vanilla and RRT's two stages, 1 epoch, 16 px, ResNet-18).
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from ranksim.errors import run_cli
-from ranksim.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED, ROWS, published
-from ranksim.synthetic import make_synthetic_age_dataset
+from ranksim.harness.cli import run_cli
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED, ROWS, published
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
@@ -323,8 +323,8 @@ def test_table_of_real_runs_shows_their_numbers(real_runs):
 
 
 PARSER_DEFAULTS = {
-    "agedb-dir": "from ranksim.age_train import build_parser; import train; p = build_parser(train.DEFAULTS)",
-    "imdb-wiki-dir": "from ranksim.age_train import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "agedb-dir": "from ranksim.harness.age_program import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "imdb-wiki-dir": "from ranksim.harness.age_program import build_parser; import train; p = build_parser(train.DEFAULTS)",
     "sts-b-dir": "import train; p = train.build_parser()",
 }
 

@@ -10,10 +10,10 @@ import torch
 from test_reproduce import REPRODUCE, reproduce
 from test_reproduce_rows import as_flags, parse_with_train_parser
 
-from ranksim.checkpoint import make_checkpoint
-from ranksim.paper import BENCHMARKS, PUBLISHED_QUIRKS_FLAG, RELEASED, ROWS
-from ranksim.resnet import build_model
-from ranksim.synthetic import make_synthetic_age_dataset
+from ranksim.harness.checkpoint import make_checkpoint
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.models.resnet import build_model
+from ranksim.harness.paper import BENCHMARKS, PUBLISHED_QUIRKS_FLAG, RELEASED, ROWS
 
 FDS_NAMES = ("fds", "fds_kernel", "fds_ks", "fds_sigma")
 

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from ranksim.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED_QUIRKS_FLAG, ROWS
+from ranksim.harness.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED_QUIRKS_FLAG, ROWS
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = json.loads((REPO / "tests" / "fixtures" / "published_commands.json").read_text())
 COMMANDS = FIXTURE["commands"]
-# The paper's rows (the later methods' rows appended by ranksim/paper.py have no published RankSim command)
+# The paper's rows (the later methods' rows appended by ranksim/harness/paper.py have no published RankSim command)
 PAPER_ROWS = {d: [r for r in ROWS[d] if r.group not in COMPARATOR_GROUPS] for d in ROWS}
 
 
 def as_flags(tokens):
-    """{name: value} of a flag list, written independently of ranksim.paper: ``--x=v`` and ``--x v`` give
+    """{name: value} of a flag list, written independently of ranksim.harness.paper: ``--x=v`` and ``--x v`` give
     v, a switch gives True; numbers compare by value."""
     out, i = {}, 0
     while i < len(tokens):
@@ -124,8 +124,8 @@ def test_published_quirks_on_exactly_the_affected_rows():
 
 
 PARSE = {
-    "agedb-dir": "from ranksim.age_train import build_parser; import train; p = build_parser(train.DEFAULTS)",
-    "imdb-wiki-dir": "from ranksim.age_train import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "agedb-dir": "from ranksim.harness.age_program import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "imdb-wiki-dir": "from ranksim.harness.age_program import build_parser; import train; p = build_parser(train.DEFAULTS)",
     "sts-b-dir": "import train; p = train.build_parser()",
 }
 

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 from test_reproduce import age_metrics, reproduce, write_results
 
-from ranksim.paper import ROWS
+from ranksim.harness.paper import ROWS
 
 PAPER_AGE = {"model": "resnet50", "img_size": 224, "epoch": 120, "optimizer": "adam", "loss": "l1"}
 VANILLA = {**PAPER_AGE, "lr": 1e-3, "batch_size": 256}

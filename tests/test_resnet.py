@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from ranksim.fds import FDS
-from ranksim.resnet import resnet18, resnet50
+from ranksim.harness.models.resnet import resnet18, resnet50
 
 FDS_BUFFERS = ("epoch", "running_mean", "running_var", "running_mean_last_epoch", "running_var_last_epoch",
                "smoothed_mean_last_epoch", "smoothed_var_last_epoch", "num_samples_tracked")

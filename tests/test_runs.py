@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ranksim.errors import UserError
-from ranksim.runs import (
+from ranksim.harness.cli import UserError
+from ranksim.harness.run import (
     RunLogger,
     available_cpus,
     cap_workers,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from folder_modules import load_folder_module
 
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_DIR = ROOT / "sts-b-dir"

@@ -10,7 +10,7 @@ import pytest
 from folder_modules import load_folder_module
 from http_server import serve_directory
 
-from ranksim.errors import UserError, run_cli
+from ranksim.harness.cli import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_DIR = ROOT / "sts-b-dir"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from folder_modules import load_folder_module
 
-from ranksim.errors import run_cli
+from ranksim.harness.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_DIR = ROOT / "sts-b-dir"

@@ -14,10 +14,10 @@ import pytest
 import torch
 from folder_modules import load_folder_module
 
-from ranksim.age_train import AGEDB_DEFAULTS, build_parser
-from ranksim.age_train import main as age_main
-from ranksim.errors import run_cli
-from ranksim.synthetic import make_synthetic_age_dataset
+from ranksim.harness.age_program import AGEDB_DEFAULTS, build_parser
+from ranksim.harness.age_program import main as age_main
+from ranksim.harness.cli import run_cli
+from ranksim.harness.data.synthetic import make_synthetic_age_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_DIR = ROOT / "sts-b-dir"
@@ -114,7 +114,7 @@ def test_data_the_readmes_create_is_git_ignored(tmp_path):
                "imdb-wiki-dir/data/imdb_crop.tar.part", "imdb-wiki-dir/data/imdb_crop/00/nm0000100_rm1.jpg",
                "imdb-wiki-dir/data/wiki_crop/wiki.mat", "sts-b-dir/synthetic/STS-B/train_new.tsv",
                "sts-b-dir/glove/glove.840B.300d.zip.part"]
-    kept = ["agedb-dir/data/README.md", "ranksim/synthetic.py", "sts-b-dir/data/make_synthetic_sts_b.py"]
+    kept = ["agedb-dir/data/README.md", "ranksim/harness/data/synthetic.py", "sts-b-dir/data/make_synthetic_sts_b.py"]
     result = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "--no-index", *created, *kept],
                             capture_output=True, text=True)
     assert sorted(result.stdout.split()) == sorted(created)
@@ -269,7 +269,7 @@ def interrupted_line(main_fn, argv, capsys) -> str:
 
 def test_age_ctrl_c_names_the_resume_command(tiny_agedb, capsys, monkeypatch):
     """Ctrl-C in the second epoch: the line says how to continue from the first epoch's checkpoint."""
-    import ranksim.age_train as age_train
+    import ranksim.harness.age_program as age_train
 
     data, table, args = tiny_agedb
     real_train_one_epoch = age_train.train_one_epoch

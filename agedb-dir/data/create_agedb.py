@@ -13,7 +13,8 @@ has the same per-age sizes, but which image lands where depends on the order of 
 import os
 import sys
 
-from ranksim.age_splits import (
+from ranksim.harness.cli import run_cli
+from ranksim.harness.data.age_splits import (
     AGEDB_CAP,
     AGEDB_DIRNAME,
     AGEDB_K,
@@ -21,7 +22,6 @@ from ranksim.age_splits import (
     create_split_files,
     split_creation_parser,
 )
-from ranksim.errors import run_cli
 
 
 def parse_args(argv=None):

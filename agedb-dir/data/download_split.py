@@ -9,7 +9,8 @@ sha256 and its columns (age,path,split), then writes ``<data_dir>/agedb.csv`` (r
 ``--force``). The images themselves still have to be requested from the AgeDB authors and unzipped
 into ``<data_dir>/AgeDB/``.
 """
-from ranksim.age_splits import (
+from ranksim.harness.cli import run_cli
+from ranksim.harness.data.age_splits import (
     AGEDB_CSV_SHA256,
     PUBLISHED_COMMIT,
     PUBLISHED_REPO,
@@ -17,7 +18,6 @@ from ranksim.age_splits import (
     raw_github_url,
     split_download_parser,
 )
-from ranksim.errors import run_cli
 
 CSV_NAME = "agedb.csv"
 DEFAULT_URL = raw_github_url(PUBLISHED_REPO, PUBLISHED_COMMIT, "agedb-dir/data/agedb.csv")

@@ -11,14 +11,14 @@ rows, in file order) and the balanced split ``imdb_wiki.csv`` (age,path,split; v
 min(count // 5, 150) images of every age 0..120, seed 666; docs/published_behaviour.md §6). Existing files are replaced
 only with ``--force``. ``data/download_split.py`` fetches the paper's published split instead.
 """
-from ranksim.age_splits import (
+from ranksim.harness.cli import run_cli
+from ranksim.harness.data.age_splits import (
     IMDB_WIKI_CAP,
     IMDB_WIKI_K,
     create_split_files,
     imdb_wiki_metadata,
     split_creation_parser,
 )
-from ranksim.errors import run_cli
 
 
 def parse_args(argv=None):

@@ -12,9 +12,9 @@ Next step: ``python data/create_imdb_wiki.py`` (or ``data/download_split.py`` fo
 """
 import os
 
-from ranksim.age_splits import IMDB_WIKI_SOURCES
-from ranksim.download import download, extract_archive
-from ranksim.errors import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.cli import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.data.age_splits import IMDB_WIKI_SOURCES
+from ranksim.harness.data.download import download, extract_archive
 
 DEFAULT_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/rrothe/imdb-wiki/static/"
 EXTRACTED_MARKER = ".extracted"

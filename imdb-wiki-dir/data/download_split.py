@@ -10,14 +10,14 @@ recorded, so only its layout is verified: columns age,path,split, whole-number a
 non-empty paths, every split non-empty. The published sizes are about 191.5K / 11.0K / 11.0K.
 The images come from ``data/download_imdb_wiki.py``.
 """
-from ranksim.age_splits import (
+from ranksim.harness.cli import run_cli
+from ranksim.harness.data.age_splits import (
     PUBLISHED_COMMIT,
     PUBLISHED_REPO,
     download_split,
     raw_github_url,
     split_download_parser,
 )
-from ranksim.errors import run_cli
 
 CSV_NAME = "imdb_wiki.csv"
 DEFAULT_URL = raw_github_url(PUBLISHED_REPO, PUBLISHED_COMMIT, "imdb-wiki-dir/data/imdb_wiki.csv")

@@ -18,8 +18,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from ranksim.download import download, extract_archive
-from ranksim.errors import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.cli import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.data.download import download, extract_archive
 
 GLUE_STSB_URL = "https://dl.fbaipublicfiles.com/glue/data/STS-B.zip"
 GLUE_DIR = Path(__file__).resolve().parents[1] / "glue_data"

@@ -13,9 +13,9 @@ replaced only with ``--force``. Interrupted downloads resume.
 from pathlib import Path
 from typing import Dict, Optional
 
-from ranksim.age_splits import raw_github_url
-from ranksim.download import download, sha256_of
-from ranksim.errors import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.cli import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.data.age_splits import raw_github_url
+from ranksim.harness.data.download import download, sha256_of
 
 FILES = ("train_new.tsv", "dev_new.tsv", "test_new.tsv")
 REPO_PATH = "sts-b-dir/glue_data/STS-B"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ranksim.errors import OneLineArgumentParser
+from ranksim.harness.cli import OneLineArgumentParser
 
 WORDS = ("a man woman dog cat is are playing eating running guitar piano ball the park street "
          "red blue small big child car riding walking on in with two people old young").split()

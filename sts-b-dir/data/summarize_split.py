@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sts-b-dir/datasets.py
 from datasets import build_vocab, load_splits  # noqa: E402
 
-from ranksim.errors import OneLineArgumentParser, run_cli  # noqa: E402
+from ranksim.harness.cli import OneLineArgumentParser, run_cli  # noqa: E402
 from ranksim.metrics import stsb_shot_groups  # noqa: E402
 
 

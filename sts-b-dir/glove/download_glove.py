@@ -11,8 +11,8 @@ training run reads the text once and caches the vectors of its vocabulary next t
 """
 from pathlib import Path
 
-from ranksim.download import download, extract_archive
-from ranksim.errors import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.cli import OneLineArgumentParser, UserError, run_cli
+from ranksim.harness.data.download import download, extract_archive
 
 GLOVE_URL = "https://nlp.stanford.edu/data/glove.840B.300d.zip"
 GLOVE_DIR = Path(__file__).resolve().parent

@@ -1,6 +1,6 @@
 """Two augmented views per train image, for ConR and Rank-N-Contrast (ranksim.contrastive).
 
-:class:`AugmentedViews` wraps a train :class:`~ranksim.age_data.AgeCSVDataset`: every item decodes the
+:class:`AugmentedViews` wraps a train :class:`~ranksim.harness.data.age.AgeCSVDataset`: every item decodes the
 image once and draws two independent views of it.
 
 ConR uses the benchmark's own train augmentation for its views and also needs the usual augmented
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from ranksim.age_data import AgeCSVDataset
+from ranksim.harness.data.age import AgeCSVDataset
 
 
 def strong_view_transform(img_size: int) -> Callable:

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ranksim.age_splits import read_split_csv
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
+from ranksim.harness.data.age_splits import read_split_csv
 
 SPLITS = ("train", "val", "test")
 RANDOM_CROP_PADDING = 16  # docs/published_behaviour.md §6 train augmentation
@@ -28,7 +28,7 @@ class ImageReadError(UserError):
 
     DataLoader workers re-raise an exception in the main process as ``type(exc)(text)`` where the
     text is "Caught ImageReadError in DataLoader worker process N. Original Traceback ... \n
-    ranksim.age_data.ImageReadError: <message>". The constructor recovers ``<message>`` from that
+    ranksim.harness.data.age.ImageReadError: <message>". The constructor recovers ``<message>`` from that
     text so the user sees the same single line with or without workers.
     """
 

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import UserError, cannot_write
+from ranksim.harness.cli import UserError, cannot_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 USER_AGENT = "ranksim-download/1.0 (+python urllib)"

@@ -14,17 +14,17 @@ What one run does (docs/published_behaviour.md §1.6, §2, §3, §7):
   4. load the best checkpoint, test per shot group, print the table, write ``results.json``.
 ``--evaluate --resume CKPT`` does only step 4 for CKPT (e.g. a released checkpoint).
 Later DIR methods (--bmse Balanced MSE, --conr ConR, --rnc Rank-N-Contrast) come from
-ranksim/comparators.py; results.json also holds ``balanced_mae`` (Balanced MSE's metric).
+ranksim/harness/comparators.py; results.json also holds ``balanced_mae`` (Balanced MSE's metric).
 
 Multi-GPU: ``torchrun --nproc_per_node N train.py ...`` runs the same program on N processes
 (DistributedDataParallel; --batch_size stays the global batch, RankSim and FDS see the global batch
-and the whole split, only rank 0 writes; see ranksim/distributed.py). --amp bf16|fp16 and
+and the whole split, only rank 0 writes; see ranksim/harness/distributed.py). --amp bf16|fp16 and
 --channels_last speed up GPU training; the defaults (fp32) are the paper's.
 
 Run directory: ``<store_root>/<run name>`` (the name encodes the settings and a timestamp unless
 --store_name is given); a directory that holds anything is never reused. --resume of an unfinished
 run continues in its own directory, of a finished one in ``<its name>_2``; --evaluate writes to
-``eval_<checkpoint's run directory, cut to 40 characters>_<timestamp>`` (the rule of ranksim/runs.py).
+``eval_<checkpoint's run directory, cut to 40 characters>_<timestamp>`` (the rule of ranksim/harness/run.py).
 --evaluate and --resume take the model-defining flags (--model, --img_size, the FDS flags) from the
 flags the checkpoint records; a flag given on the command line with another value is refused. Resuming is exact (same numbers as an uninterrupted run) with
 --workers 0; with loader workers the augmentation random streams of the workers are not restored.
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ranksim.age_data import SPLITS, AgeCSVDataset
 from ranksim.balanced_mse import balanced_mae
-from ranksim.checkpoint import (
+from ranksim.distributed import GatheredRankSim
+from ranksim.harness.checkpoint import (
     capture_rng_state,
     check_checkpoint_flag,
     copy_as_best,
@@ -55,7 +55,8 @@ from ranksim.checkpoint import (
     state_dict_of,
     unwrap_model,
 )
-from ranksim.comparators import (
+from ranksim.harness.cli import OneLineArgumentParser, UserError
+from ranksim.harness.comparators import (
     Comparator,
     add_comparator_flags,
     build_comparator,
@@ -63,9 +64,10 @@ from ranksim.comparators import (
     comparator_run_name,
     parse_with_stage_defaults,
 )
-from ranksim.distributed import (
+from ranksim.harness.data.age import SPLITS, AgeCSVDataset
+from ranksim.harness.data.views import AugmentedViews, strong_view_transform
+from ranksim.harness.distributed import (
     DistContext,
-    GatheredRankSim,
     broadcast_object,
     check_sync_bn,
     fds_gather,
@@ -77,7 +79,8 @@ from ranksim.distributed import (
     sync_state,
     wrap_model,
 )
-from ranksim.engine import (
+from ranksim.harness.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
+from ranksim.harness.loop import (
     DivergenceError,
     StepOptions,
     exploding_loss_limit,
@@ -89,13 +92,8 @@ from ranksim.engine import (
     train_one_epoch,
     update_fds_statistics,
 )
-from ranksim.errors import OneLineArgumentParser, UserError
-from ranksim.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
-from ranksim.kernels import KERNELS
-from ranksim.losses import LOSSES, get_loss, published_age_loss
-from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
-from ranksim.resnet import MODELS, build_model
-from ranksim.runs import (
+from ranksim.harness.models.resnet import MODELS, build_model
+from ranksim.harness.run import (
     LOG_NAME,
     RESULTS_NAME,
     RunLogger,
@@ -106,7 +104,9 @@ from ranksim.runs import (
     select_device,
     write_results_json,
 )
-from ranksim.views import AugmentedViews, strong_view_transform
+from ranksim.kernels import KERNELS
+from ranksim.losses import LOSSES, get_loss, published_age_loss
+from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
 from ranksim.weighting import REWEIGHTS, label_weights
 
 CKPT_NAME = "ckpt.pth.tar"
@@ -294,7 +294,7 @@ def distributed_samplers(datasets: Mapping[str, AgeCSVDataset], ctx: DistContext
     """Samplers of a torchrun job (None for one process): train reshuffled per epoch (set_epoch),
     val/test (and the FDS pass over train) in order. A DistributedSampler pads the shards to equal
     length by repeating a few samples; predictions and FDS features are gathered with their indices
-    and de-duplicated (ranksim.distributed.gather_in_dataset_order), so metrics and statistics see
+    and de-duplicated (ranksim.harness.distributed.gather_in_dataset_order), so metrics and statistics see
     every sample exactly once."""
     if not ctx.distributed:
         return None
@@ -505,7 +505,7 @@ def resume_from_checkpoint(args, model, optimizer, ctx: Optional[DistContext] = 
         seed_everything(args.seed + ctx.rank + 1009 * start_epoch)
         return start_epoch, best_loss, None
     run_dir = resume_run_dir(args)
-    if run_dir is None:  # a finished run continues as <its name>_2 (see ranksim/runs.py)
+    if run_dir is None:  # a finished run continues as <its name>_2 (see ranksim/harness/run.py)
         run_dir = make_run_dir(args.store_root, args.store_name or Path(args.resume).resolve().parent.name)
         source_best = Path(args.resume).parent / BEST_NAME
         if source_best.is_file():
@@ -537,7 +537,7 @@ def train_and_test(args, model, optimizer, loaders, train_labels, sizes, device,
 
     model: the model to train (DDP-wrapped under torchrun); prediction and the FDS pass use the bare
     model (no gradient, so DDP has nothing to add) after rank 0's BatchNorm statistics are copied to
-    every rank. comparator: Balanced MSE / ConR / Rank-N-Contrast (ranksim.comparators; None: off).
+    every rank. comparator: Balanced MSE / ConR / Rank-N-Contrast (ranksim.harness.comparators; None: off).
     """
     ctx = ctx or DistContext(device=device)
     options = options or StepOptions()

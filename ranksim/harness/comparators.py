@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ranksim.balanced_mse import BalancedMSELoss, fit_gaussian_mixture, label_histogram
 from ranksim.contrastive import conr_loss, rnc_loss
-from ranksim.errors import UserError
+from ranksim.harness.cli import UserError
 
 CHECKPOINT_KEY = "balanced_mse"
 PRIOR_NAME = "bmse_prior.json"

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ranksim.checkpoint import unwrap_model
-from ranksim.errors import UserError
+from ranksim.harness.checkpoint import unwrap_model
+from ranksim.harness.cli import UserError
 from ranksim.regularizer import batchwise_ranking_regularizer
 
 # A loss above this is treated as divergence. The largest honest losses of the age benchmarks are
@@ -40,6 +40,22 @@ class DivergenceError(UserError):
     """The training loss became NaN/inf or exploded; the epoch is abandoned."""
 
 
+def checked_loss(loss: torch.Tensor, limit: float, where: str,
+                 reduce_loss: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> float:
+    """The step's loss as a float, or DivergenceError when it is NaN/inf or above ``limit``.
+
+    This is the one host sync of a training step, and every program places it after backward and
+    before the optimizer step: a GPU then has the whole forward and backward queued when the host
+    waits, and the parameters are still untouched if the loss is bad. ``where`` names the step in the
+    message ('epoch 3, step 17'); ``reduce_loss`` (distributed runs: the mean over ranks) makes every
+    rank check, and stop on, the same value.
+    """
+    value = (loss.detach() if reduce_loss is None else reduce_loss(loss.detach())).item()
+    if not math.isfinite(value) or abs(value) > limit:
+        raise DivergenceError(f"training diverged at {where}: loss = {value:.4g}")
+    return value
+
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -52,7 +68,7 @@ class StepOptions:
     scaler: torch.amp.GradScaler, with fp16 (its small range needs loss scaling); None otherwise.
     channels_last: images (and the model, converted by the caller) in NHWC memory format.
     reduce_loss: maps the detached loss to the value checked for divergence and logged; distributed
-        runs pass the mean over ranks (ranksim.distributed.mean_over_ranks), so that every rank
+        runs pass the mean over ranks (ranksim.harness.distributed.mean_over_ranks), so that every rank
         sees the same value and they all stop together.
     """
 
@@ -171,7 +187,7 @@ def train_one_epoch(
     would apply it.
     log_fn(line) is called with the running loss every ``log_every`` iterations (0: never).
     options: mixed precision / channels_last / distributed loss reduction (default: plain fp32).
-    view_loss: an extra term on augmented views (ConR, Rank-N-Contrast; ranksim.comparators), called as
+    view_loss: an extra term on augmented views (ConR, Rank-N-Contrast; ranksim.harness.comparators), called as
         view_loss(model, views [B, 2, ...], labels, weights); the views are the batch's 4th entry, or the
         images themselves for a batch of three. loss_fn None: no regression term (Rank-N-Contrast stage 1).
     """
@@ -249,7 +265,7 @@ def update_fds_statistics(model: nn.Module, loader: Iterable, device: torch.devi
     (augmentation on, targets passed so smoothing applies), then update the FDS statistics.
 
     gather: maps this process's (features [n, D], labels [n, 1]) to the whole split's before the
-    update (distributed runs: every rank then applies the same update, see ranksim.distributed).
+    update (distributed runs: every rank then applies the same update, see ranksim.harness.distributed).
     """
     options = options or StepOptions()
     set_train_mode(model, frozen_backbone)

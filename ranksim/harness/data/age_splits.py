@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from ranksim.errors import OneLineArgumentParser, UserError
+from ranksim.harness.cli import OneLineArgumentParser, UserError
 
 SPLIT_SEED = 666  # the seed the published splits were drawn with
 MIN_AGE, MAX_AGE = 0, 120  # ages visited by the balanced split; others always go to train
@@ -373,7 +373,7 @@ def download_split_csv(url: str, dest: "str | os.PathLike", sha256: "str | None"
     (:func:`validate_split_table`) are checked before it is renamed to ``dest``, so ``dest`` only ever
     holds a verified file. A file that fails a check is deleted. ``dest`` is replaced only with ``force``.
     """
-    from ranksim.download import download  # local import: only the download scripts need it
+    from ranksim.harness.data.download import download  # local import: only the download scripts need it
 
     dest = os.fspath(dest)
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):

@@ -16,7 +16,7 @@ Safety and robustness rules:
   (and numpy numeric scalars, which older training code stores as e.g. ``best_loss``) are accepted;
   no code from a checkpoint ever runs.
 - :func:`load_model_state` never loads partially: any missing/unexpected key or shape mismatch
-  raises :class:`~ranksim.errors.UserError` listing the keys, except for keys the caller
+  raises :class:`~ranksim.harness.cli.UserError` listing the keys, except for keys the caller
   explicitly opts out of (``skip``, ``ignore_fds``, ``allow_missing_fds``).
 """
 import io
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UserError, cannot_write
+from ranksim.harness.cli import UserError, cannot_write
 
 MODULE_PREFIX = "module."  # what nn.DataParallel / DistributedDataParallel put before every key
 FDS_PREFIX = "FDS."  # FDS buffers live at model.FDS (docs/published_behaviour.md §3, §7)

@@ -4,7 +4,7 @@ Architecture and parameter names follow torchvision's ResNet (`conv1`, `bn1`, `l
 with `conv1..3`, `bn1..3`, `downsample.0/1`), except that the regression head is called `linear`
 (Linear(feature_dim, 1)) and the optional feature-distribution-smoothing module lives at `FDS`.
 With these names our checkpoints and the published ones load into each other (modulo the
-`module.` prefix that DataParallel adds, handled in ranksim.checkpoint).
+`module.` prefix that DataParallel adds, handled in ranksim.harness.checkpoint).
 
 forward(x, targets, epoch):
     x: images [B, 3, H, W]; targets: labels [B, 1] (only needed for FDS smoothing); epoch: 0-based.

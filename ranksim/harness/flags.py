@@ -1,8 +1,8 @@
 """Checks of the imbalanced-regression flags that every train.py shares (LDS, FDS, RankSim).
 
-Both training programs (``ranksim/age_train.py`` and ``sts-b-dir/train.py``) have the same LDS/FDS/
+Both training programs (``ranksim/harness/age_program.py`` and ``sts-b-dir/train.py``) have the same LDS/FDS/
 RankSim flags, with dataset-dependent defaults. :func:`check_method_flags` turns values that cannot
-work into one-line :class:`~ranksim.errors.UserError`\\ s before anything is read or written; without
+work into one-line :class:`~ranksim.harness.cli.UserError`\\ s before anything is read or written; without
 it they surfaced as a ValueError traceback from deep inside the library, after a run directory had
 been made.
 
@@ -14,7 +14,7 @@ import argparse
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Set
 
-from .errors import UserError
+from ranksim.harness.cli import UserError
 
 
 def check_positive(args: argparse.Namespace, flags) -> None:

@@ -1,5 +1,20 @@
-"""Run bookkeeping shared by every train.py: run directory, log file, TensorBoard, results.json,
-device choice, seeding and worker count.
+"""The run protocol every train.py follows (:class:`Run`), and the run bookkeeping under it: run
+directory, log file, TensorBoard, results.json, device choice, seeding and worker count.
+
+One protocol for the three programs::
+
+    run = Run.for_training(args.store_root, args.store_name or run_name(args), ctx)   # or for_resume /
+    with run:                                          # for_evaluation; errors and Ctrl-C go to training.log
+        run.log("...")
+        ...                                            # per epoch / validation check:
+        run.save(state, is_best)                       # best first, atomic; then ckpt.pth.tar
+        ...
+        best = run.load_best(model)                    # the best weights on every rank
+        run.write_results(results)                     # results.json
+
+Files of a run directory, the same in every program: training.log, TensorBoard events,
+ckpt.pth.tar (latest), ckpt.best.pth.tar (best), results.json (written last: its presence marks a
+finished run). Only the main process writes; on other ranks every write is a no-op.
 
 Run directory rule: ``make_run_dir(root, name)`` never reuses a directory that holds anything (a
 finished run's results.json, checkpoints, logs); it picks ``name_2``, ``name_3``, ... instead, so
@@ -16,16 +31,27 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import numpy as np
 import torch
+from torch import nn
 
-from .checkpoint import atomic_write
-from .errors import UserError, cannot_write, interrupt_label, one_line
+from ranksim.harness.checkpoint import (
+    atomic_write,
+    copy_as_best,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    state_dict_of,
+)
+from ranksim.harness.cli import UserError, cannot_write, interrupt_label, one_line
+from ranksim.harness.distributed import DistContext, broadcast_object, sync_state
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
+CKPT_NAME = "ckpt.pth.tar"
+BEST_NAME = "ckpt.best.pth.tar"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -180,6 +206,132 @@ class RunLogger:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class Run:
+    """One run directory and what a training program writes to it (see the module docstring).
+
+    Make one with :meth:`for_training`, :meth:`for_resume` or :meth:`for_evaluation` (rank 0 decides the
+    directory, the other ranks are told it) and use it as a context manager: a UserError is recorded
+    in training.log before it propagates, Ctrl-C / SIGTERM become a KeyboardInterrupt whose message
+    says how to resume, and the log is closed.
+    """
+
+    def __init__(self, directory: PathLike, ctx: Optional[DistContext] = None, resumed_from: Optional[str] = None):
+        self.ctx = ctx or DistContext()
+        self.dir = Path(directory)
+        self.ckpt_path, self.best_path = self.dir / CKPT_NAME, self.dir / BEST_NAME
+        self.logger = RunLogger(self.dir, enabled=self.ctx.is_main)
+        # The newest checkpoint of completed training, named when a run diverges.
+        self.last_good: Optional[str] = os.fspath(resumed_from) if resumed_from else None
+
+    # ------------------------------------------------------------------ the three ways a run starts
+
+    @classmethod
+    def for_training(cls, store_root: PathLike, name: str, ctx: Optional[DistContext] = None) -> "Run":
+        """A fresh ``<store_root>/<name>`` (``<name>_2``, ... when taken: :func:`make_run_dir`)."""
+        return cls._open(lambda: make_run_dir(store_root, name), ctx)
+
+    @classmethod
+    def for_resume(cls, checkpoint: PathLike, store_root: PathLike, store_name: str = "",
+                   ctx: Optional[DistContext] = None) -> "Run":
+        """--resume ``checkpoint``: continue in its own run directory while that run is unfinished
+        (training.log, no results.json) and no other --store_name is asked for. A finished run is never
+        written to again: its continuation gets ``<store_name or its name>_2`` (make_run_dir), which
+        starts with a copy of the finished run's best checkpoint (see :meth:`resumed_best`)."""
+        def directory() -> Path:
+            own = Path(checkpoint).resolve().parent
+            unfinished = (own / LOG_NAME).is_file() and not (own / RESULTS_NAME).exists()
+            if unfinished and store_name in ("", own.name):
+                return own
+            new = make_run_dir(store_root, store_name or own.name)
+            if (own / BEST_NAME).is_file():
+                copy_as_best(own / BEST_NAME, new / BEST_NAME)
+            return new
+        return cls._open(directory, ctx, resumed_from=checkpoint)
+
+    @classmethod
+    def for_evaluation(cls, checkpoint: PathLike, store_root: PathLike, store_name: str = "",
+                       ctx: Optional[DistContext] = None) -> "Run":
+        """--evaluate ``checkpoint``: ``<store_root>/<store_name or eval_<its run, 40 chars>_<timestamp>>``."""
+        return cls._open(lambda: make_run_dir(store_root, store_name or evaluation_run_name(checkpoint)), ctx)
+
+    @classmethod
+    def _open(cls, make_directory: Callable[[], Path], ctx: Optional[DistContext], resumed_from=None) -> "Run":
+        ctx = ctx or DistContext()
+        directory = make_directory() if ctx.is_main else None
+        return cls(broadcast_object(directory, ctx), ctx, resumed_from)
+
+    # ------------------------------------------------------------------ while it runs
+
+    def log(self, message: str) -> None:
+        """Print ``message`` and append it to training.log (main process only)."""
+        self.logger.info(message)
+
+    def scalars(self, values: Dict[str, float], step: int) -> None:
+        """TensorBoard scalars ``{tag: value}`` at ``step``."""
+        self.logger.scalars(values, step)
+
+    def resumed_best(self, recorded_best: float) -> float:
+        """The best validation score to beat after --resume: the checkpoint's ``recorded_best`` when this
+        run directory holds a best checkpoint, else inf (the next validation becomes the best)."""
+        has_best = self.best_path.is_file() if self.ctx.is_main else None
+        return float(recorded_best) if broadcast_object(has_best, self.ctx) else math.inf
+
+    def save(self, state: Dict[str, Any], is_best: bool) -> None:
+        """Write ``state`` as ckpt.pth.tar, and as ckpt.best.pth.tar when ``is_best``. Best first, each
+        write atomic: a kill between the two writes leaves the newest state in the best file, and
+        --resume then repeats this epoch (or check) from the previous ckpt.pth.tar, losing nothing."""
+        if self.ctx.is_main:
+            if is_best:
+                save_checkpoint(state, self.best_path)
+                copy_as_best(self.best_path, self.ckpt_path)
+            else:
+                save_checkpoint(state, self.ckpt_path)
+        self.last_good = os.fspath(self.ckpt_path)
+
+    def diverged(self, error: Exception) -> UserError:
+        """The UserError that stops a run whose loss diverged (``error`` says where): it names the last
+        good checkpoint and how to go on."""
+        if self.last_good:
+            kept = f"the last good checkpoint is {self.last_good}"
+            fix = f"resume it with --resume {self.last_good}"
+        else:
+            kept, fix = "no checkpoint was written (it diverged before the first one)", "start again"
+        return UserError(f"{error}; stopped, {kept}; lower --lr (or --regularization_weight) and {fix}")
+
+    def load_best(self, model: nn.Module, path: Optional[PathLike] = None) -> Dict[str, Any]:
+        """Load the best checkpoint (or ``path``) into ``model`` (strict) on rank 0 and copy its weights to
+        every rank; returns the checkpoint's entries other than the weights and optimizer state (epoch,
+        iteration, best_loss, ...) on every rank."""
+        path = os.fspath(path or self.best_path)
+        info = None
+        if self.ctx.is_main:
+            checkpoint = load_checkpoint(path)
+            load_model_state(model, state_dict_of(checkpoint, path), source=path)
+            info = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer", "rng")}
+        info = broadcast_object(info, self.ctx)
+        sync_state(model, self.ctx)
+        return info
+
+    def write_results(self, results: Dict[str, Any]) -> None:
+        """results.json (atomic; main process only), the file that marks the run finished."""
+        if self.ctx.is_main:
+            self.log(f"wrote {write_results_json(self.dir, results)}")
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if isinstance(exc, UserError):  # e.g. an unreadable image found mid-epoch: keep the reason with the run
+                self.logger.record_error(exc)
+            elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (cli.Terminated)
+                raise self.logger.interrupted(self.ckpt_path, exc) from None
+        finally:
+            self.logger.close()
 
 
 def to_jsonable(value: Any) -> Any:

@@ -158,7 +158,7 @@ def run_identity(args: Dict[str, object], benchmark: Benchmark) -> Tuple[Tuple[s
         ("loss", loss),
         ("retrain_fc", bool(args.get("retrain_fc", False))),
         ("ranksim", float(args.get("regularization_weight", 0.0) or 0.0) > 0.0),
-        # the later DIR methods (ranksim/comparators.py); absent keys: off
+        # the later DIR methods (ranksim/harness/comparators.py); absent keys: off
         ("bmse", str(args.get("bmse", "none"))),
         ("conr", bool(args.get("conr", False))),
         ("rnc", str(args.get("rnc", "none"))),
