@@ -13,10 +13,13 @@ imported under the unique ``name`` given (never put in ``sys.modules``), with it
 ``sys.path`` while it runs; sibling modules of those plain names that another test already imported
 are set aside meanwhile and put back afterwards, and the ones this import loads never stay behind.
 """
+import functools
 import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Plain module names the benchmark folders define more than once and import from each other.
 SIBLINGS = ("datasets", "models", "resnet", "loss", "ranking")
@@ -36,3 +39,34 @@ def load_folder_module(name: str, path: Path) -> ModuleType:
             sys.modules.pop(sibling, None)
         sys.modules.update(before)
     return module
+
+
+@functools.lru_cache(maxsize=None)
+def age_program(folder: str = "agedb-dir") -> ModuleType:
+    """The program ``<folder>/train.py`` (agedb-dir or imdb-wiki-dir), loaded once per test session, so
+    that a test can call its ``main(argv)`` and monkeypatch its functions (e.g. ``train_one_epoch``)."""
+    return load_folder_module(f"{folder.replace('-', '_')}_train", REPO / folder / "train.py")
+
+
+def age_train_one_epoch(model, loader, optimizer, loss_fn, epoch: int = 0, flags=(), ctx=None, options=None,
+                        run_dir=None):
+    """One call of agedb-dir/train.py's ``train_one_epoch`` with what the program would pass for the
+    command-line ``flags`` (e.g. ["--regularization_weight", "100"]): parsed args, a Run (in ``run_dir``, a
+    new temporary folder by default), StepOptions (fp32 unless given), a GlobalBatch of ``ctx`` (one process
+    by default) and no comparator. Returns its (mean loss, mean RankSim term)."""
+    import tempfile
+
+    from ranksim.harness.comparators import Comparator
+    from ranksim.harness.distributed import DistContext, GlobalBatch
+    from ranksim.harness.loop import StepOptions
+    from ranksim.harness.run import Run
+
+    program = age_program()
+    ctx = ctx or DistContext()
+    args = program.parse_args(["--print_freq", "1000", *flags], program.DEFAULTS)
+    run = Run(run_dir or tempfile.mkdtemp(prefix="age_step_"), ctx)
+    try:
+        return program.train_one_epoch(model, loader, optimizer, loss_fn, epoch, args, run, options or StepOptions(),
+                                       GlobalBatch(ctx, args.seed), Comparator())
+    finally:
+        run.logger.close()

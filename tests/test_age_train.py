@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from folder_modules import load_folder_module
+from folder_modules import age_program, load_folder_module
 from PIL import Image
 
-from ranksim.harness.age_program import build_parser, main
+from ranksim.harness.age_flags import build_parser
 from ranksim.harness.checkpoint import strip_module_prefix
 from ranksim.harness.cli import UserError
 from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.loop import exploding_loss_limit
 from ranksim.harness.models.resnet import resnet18
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,8 @@ N_TRAIN = 48
 
 
 AgeDB = load_folder_module("agedb_dir_datasets", REPO / "agedb-dir" / "datasets.py").AgeDB
-AGEDB_DEFAULTS = {"dataset": "agedb", "lds_ks": 9, "fds_ks": 9, "bucket_start": 3, "epoch": 120}
+AGEDB_DEFAULTS = age_program().DEFAULTS
+main = age_program().main  # agedb-dir/train.py in this process
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +169,7 @@ def test_evaluate_round_trip_equals_end_of_training_numbers(vanilla, data, store
     bare = load_ckpt(best)
     bare["state_dict"] = strip_module_prefix(bare["state_dict"])
     torch.save(bare, store / "bare.pth.tar")
-    again = main(common_args(data, store, "eval_bare") + ["--evaluate", "--resume", str(store / "bare.pth.tar")],
-                 AGEDB_DEFAULTS, AgeDB)
+    again = main(common_args(data, store, "eval_bare") + ["--evaluate", "--resume", str(store / "bare.pth.tar")])
     assert again["metrics"]["all"]["mae"] == pytest.approx(trained["metrics"]["all"]["mae"], rel=1e-9)
 
 
@@ -212,14 +213,13 @@ def test_sqinv_lds_fds_ranksim_focal_l1(data, store):
     assert state["module.FDS.running_mean"].shape == (97, 512)
 
     # Evaluating it without --fds ignores the FDS buffers and reproduces the numbers.
-    again = main(common_args(data, store, "eval_full") + ["--evaluate", "--resume", str(run_dir / "ckpt.best.pth.tar")],
-                 AGEDB_DEFAULTS, AgeDB)
+    again = main(common_args(data, store, "eval_full") + ["--evaluate", "--resume", str(run_dir / "ckpt.best.pth.tar")])
     assert again["metrics"]["all"]["mae"] == pytest.approx(res["metrics"]["all"]["mae"], rel=1e-9)
 
 
 def test_ranksim_run_in_process_with_sgd(vanilla, data, store):
     results = main(common_args(data, store, "ranksim", epochs=1) + [
-        "--regularization_weight", "100", "--interpolation_lambda", "2", "--optimizer", "sgd"], AGEDB_DEFAULTS, AgeDB)
+        "--regularization_weight", "100", "--interpolation_lambda", "2", "--optimizer", "sgd"])
     assert results["args"]["regularization_weight"] == 100.0
     log = (store / "ranksim" / "training.log").read_text()
     assert float(log.split("(ranksim ")[1].split(")")[0]) > 0
@@ -233,7 +233,7 @@ def test_ranksim_run_in_process_with_sgd(vanilla, data, store):
 def test_rrt_from_saved_checkpoint_changes_only_the_head(vanilla, data, store):
     pretrained = vanilla / "ckpt.best.pth.tar"
     results = main(common_args(data, store, "rrt", epochs=1) + [
-        "--retrain_fc", "--pretrained", str(pretrained), "--reweight", "sqrt_inv"], AGEDB_DEFAULTS, AgeDB)
+        "--retrain_fc", "--pretrained", str(pretrained), "--reweight", "sqrt_inv"])
     before = load_ckpt(pretrained)["state_dict"]
     after = load_ckpt(store / "rrt" / "ckpt.pth.tar")["state_dict"]
     assert before.keys() == after.keys()
@@ -248,8 +248,7 @@ def test_rrt_from_saved_checkpoint_changes_only_the_head(vanilla, data, store):
 def test_checkpoint_layout_resnet50_matches_published(tmp_path):
     data = tmp_path / "data"
     make_synthetic_age_dataset(data, n_train=8, n_val=4, n_test=4, img_size=IMG, seed=1)
-    main(common_args(data, tmp_path / "runs", "r50", epochs=1) + ["--model", "resnet50", "--fds"],
-         AGEDB_DEFAULTS, AgeDB)
+    main(common_args(data, tmp_path / "runs", "r50", epochs=1) + ["--model", "resnet50", "--fds"])
     ckpt = load_ckpt(tmp_path / "runs" / "r50" / "ckpt.pth.tar")
     assert {"epoch", "model", "best_loss", "state_dict", "optimizer"} <= set(ckpt)
     assert ckpt["epoch"] == 1 and ckpt["model"] == "resnet50" and isinstance(ckpt["best_loss"], float)
@@ -314,7 +313,7 @@ def test_defaults_are_the_published_ones():
 def test_bad_flags_one_line_nothing_created(extra, message, data, tmp_path):
     store = tmp_path / "runs"
     with pytest.raises(UserError, match=message) as err:
-        main(common_args(data, store, "bad") + extra, AGEDB_DEFAULTS, AgeDB)
+        main(common_args(data, store, "bad") + extra)
     assert "\n" not in str(err.value)
     assert not store.exists()  # rejected before any run directory is made
 
@@ -330,37 +329,41 @@ def test_unknown_flag_rejected():
 def test_missing_split_file_names_the_command(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"agedb\.csv.*python data/create_agedb\.py.*python data/download_split\.py"):
-        main(["--data_dir", str(tmp_path / "empty"), "--store_root", str(tmp_path / "runs")], AGEDB_DEFAULTS, AgeDB)
+        main(["--data_dir", str(tmp_path / "empty"), "--store_root", str(tmp_path / "runs")])
     assert not (tmp_path / "runs").exists()
 
 
 def test_checkpoint_of_another_architecture(vanilla, data, store):
     best = str(vanilla / "ckpt.best.pth.tar")
     with pytest.raises(UserError, match=r"--model resnet50: .* was trained with --model resnet18; leave --model out"):
-        main(common_args(data, store, "x") + ["--model", "resnet50", "--evaluate", "--resume", best],
-             AGEDB_DEFAULTS, AgeDB)
+        main(common_args(data, store, "x") + ["--model", "resnet50", "--evaluate", "--resume", best])
     # Without the 'model' entry the key check still refuses it, listing the keys.
     ckpt = load_ckpt(best)
     del ckpt["model"], ckpt["args"]
     torch.save(ckpt, store / "anonymous.pth.tar")
     with pytest.raises(UserError, match=r"165 missing keys \(layer1\.0\.conv3\.weight.*shape mismatches \(layer1\.0\.conv1\.weight"):
         main(common_args(data, store, "x") + ["--model", "resnet50", "--evaluate", "--resume",
-                                              str(store / "anonymous.pth.tar")], AGEDB_DEFAULTS, AgeDB)
+                                              str(store / "anonymous.pth.tar")])
     # A checkpoint missing one backbone tensor is never loaded partially.
     ckpt = load_ckpt(best)
     del ckpt["state_dict"]["module.layer2.0.bn1.running_var"]
     torch.save(ckpt, store / "partial.pth.tar")
     with pytest.raises(UserError, match=r"1 missing keys \(layer2\.0\.bn1\.running_var\)"):
-        main(common_args(data, store, "x") + ["--evaluate", "--resume", str(store / "partial.pth.tar")],
-             AGEDB_DEFAULTS, AgeDB)
+        main(common_args(data, store, "x") + ["--evaluate", "--resume", str(store / "partial.pth.tar")])
+
+
+def test_resuming_a_run_that_has_all_its_epochs_is_refused_before_anything_is_made(vanilla, data, store):
+    with pytest.raises(UserError, match=r"^--resume .*vanilla/ckpt\.pth\.tar: the checkpoint has already completed 2 "
+                       r"epochs \(--epoch 2\); pass a larger --epoch to train on, or --evaluate to test it$"):
+        main(common_args(data, store, "finished_again") + ["--resume", str(vanilla / "ckpt.pth.tar")])
+    assert not (store / "finished_again").exists()
 
 
 def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(vanilla, data, store):
     ckpt = vanilla / "ckpt.pth.tar"
     digest = sha256(ckpt)
     with pytest.raises(UserError, match=r"diverged at epoch 3.*last good checkpoint is .*vanilla/ckpt\.pth\.tar") as err:
-        main(common_args(data, store, "diverge", epochs=4) + ["--resume", str(ckpt), "--lr", "1e30"],
-             AGEDB_DEFAULTS, AgeDB)
+        main(common_args(data, store, "diverge", epochs=4) + ["--resume", str(ckpt), "--lr", "1e30"])
     assert "\n" not in str(err.value)
     assert sha256(ckpt) == digest
     assert not (store / "diverge" / "ckpt.pth.tar").exists()
@@ -390,20 +393,20 @@ def skewed_data(tmp_path_factory):
 def test_published_quirks_flag_reaches_weights_loss_and_limit(skewed_data, store, monkeypatch, quirk):
     """--published_quirks switches the INV+LDS weights to integer smoothing, the Huber loss to the
     published positional call and the divergence limit to 1e6 (each pinned in test_published_quirks)."""
-    import ranksim.harness.age_program as age_train
+    age_train = age_program()
     from ranksim.weighting import label_weights
 
     seen = {}
     real_train_one_epoch = age_train.train_one_epoch
 
-    def spy(model, loader, optimizer, loss_fn, *args, **kwargs):
-        seen.update(loader=loader, loss_fn=loss_fn, loss_limit=kwargs["loss_limit"])
-        return real_train_one_epoch(model, loader, optimizer, loss_fn, *args, **kwargs)
+    def spy(model, loader, optimizer, loss_fn, epoch, args, *rest):
+        seen.update(loader=loader, loss_fn=loss_fn, loss_limit=exploding_loss_limit(args.published_quirks))
+        return real_train_one_epoch(model, loader, optimizer, loss_fn, epoch, args, *rest)
 
     monkeypatch.setattr(age_train, "train_one_epoch", spy)
     name = f"quirks_{quirk}"
     results = main(common_args(skewed_data, store, name, epochs=1) + ["--reweight", "inverse", "--lds", "--loss", "huber"]
-                   + (["--published_quirks"] if quirk else []), AGEDB_DEFAULTS, AgeDB)
+                   + (["--published_quirks"] if quirk else []))
     assert results["args"]["published_quirks"] is quirk
     assert seen["loss_limit"] == (1e6 if quirk else 1e8)
     train_set = seen["loader"].dataset

@@ -6,16 +6,11 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from folder_modules import age_program, age_train_one_epoch
 
-from ranksim.harness.age_program import AGEDB_DEFAULTS, build_loaders, build_parser, lr_at, run_name
-from ranksim.harness.loop import (
-    DivergenceError,
-    freeze_all_but_head,
-    ranksim_regularizer,
-    set_train_mode,
-    train_one_epoch,
-    update_fds_statistics,
-)
+from ranksim.harness.age_flags import build_parser, run_name
+from ranksim.harness.data.loaders import build_loaders
+from ranksim.harness.loop import DivergenceError, freeze_all_but_head, set_train_mode, update_fds_statistics
 from ranksim.harness.models.resnet import resnet18
 from ranksim.losses import weighted_l1_loss
 from ranksim.regularizer import batchwise_ranking_regularizer
@@ -38,8 +33,8 @@ def test_one_step_with_ranksim_equals_hand_written_objective():
 
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     torch.manual_seed(1)  # tie reduction draws random numbers: same stream for both
-    train_one_epoch(model, [(x, y, w)], opt, weighted_l1_loss, torch.device("cpu"), epoch=0,
-                    regularizer=ranksim_regularizer(gamma, lam), show_progress=False)
+    age_train_one_epoch(model, [(x, y, w)], opt, weighted_l1_loss, epoch=0,
+                        flags=["--regularization_weight", str(gamma), "--interpolation_lambda", str(lam)])
 
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.01)
     reference.train()
@@ -56,20 +51,35 @@ def test_one_step_with_ranksim_equals_hand_written_objective():
     torch.manual_seed(0)
     no_reg = resnet18(return_encoding=True)
     opt = torch.optim.SGD(no_reg.parameters(), lr=0.01)
-    train_one_epoch(no_reg, [(x, y, w)], opt, weighted_l1_loss, torch.device("cpu"), epoch=0,
-                    regularizer=None, show_progress=False)
+    age_train_one_epoch(no_reg, [(x, y, w)], opt, weighted_l1_loss, epoch=0)
     assert not torch.allclose(no_reg.conv1.weight, model.conv1.weight)
 
 
-def test_ranksim_off_when_gamma_zero():
-    assert ranksim_regularizer(0.0, 2.0) is None
-    x = torch.randn(6, 4, requires_grad=True)
-    y = torch.arange(6.0).reshape(-1, 1)
-    assert torch.allclose(ranksim_regularizer(3.0, 2.0)(x, y), 3.0 * batchwise_ranking_regularizer(x, y, 2.0))
+def test_ranksim_term_is_reported_only_when_on():
+    x, y, w = batch()
+    torch.manual_seed(0)
+    _, off = age_train_one_epoch(resnet18(return_encoding=True), [(x, y, w)], None_optimizer(), weighted_l1_loss)
+    torch.manual_seed(0)
+    model = resnet18(return_encoding=True)
+    reference = copy.deepcopy(model).train()
+    torch.manual_seed(1)
+    _, on = age_train_one_epoch(model, [(x, y, w)], None_optimizer(), weighted_l1_loss,
+                                flags=["--regularization_weight", "3", "--interpolation_lambda", "2"])
+    torch.manual_seed(1)
+    expected = 3.0 * batchwise_ranking_regularizer(reference(x, y, 0)[1], y, 2.0)
+    assert off == 0.0 and on == pytest.approx(expected.item(), rel=1e-5)
+
+
+class None_optimizer:  # noqa: N801  (a stand-in that keeps the weights: the step's values alone are checked)
+    def zero_grad(self, set_to_none=True):
+        pass
+
+    def step(self):
+        pass
 
 
 def test_divergence_raises_before_the_optimizer_step():
-    model = resnet18()
+    model = resnet18(return_encoding=True)  # as train.py builds it
     before = copy.deepcopy(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
@@ -77,7 +87,7 @@ def test_divergence_raises_before_the_optimizer_step():
         return (pred * float("nan")).mean()
 
     with pytest.raises(DivergenceError, match=r"diverged at epoch 4, step 1: loss = nan"):
-        train_one_epoch(model, [batch()], opt, nan_loss, torch.device("cpu"), epoch=3, show_progress=False)
+        age_train_one_epoch(model, [batch()], opt, nan_loss, epoch=3)
     after = model.state_dict()
     for key, value in before.items():
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):  # forward-only BN stats
@@ -87,7 +97,7 @@ def test_divergence_raises_before_the_optimizer_step():
         return weighted_l1_loss(pred, y, w) + 1e9
 
     with pytest.raises(DivergenceError, match=r"loss = 1e\+09"):
-        train_one_epoch(model, [batch()], opt, huge_loss, torch.device("cpu"), epoch=0, show_progress=False)
+        age_train_one_epoch(model, [batch()], opt, huge_loss, epoch=0)
 
 
 def test_fds_pass_feeds_every_batch_of_the_epoch_to_fds():
@@ -109,11 +119,22 @@ def test_fds_pass_feeds_every_batch_of_the_epoch_to_fds():
 
 
 def test_lr_schedule_is_a_function_of_the_epoch():
-    assert lr_at(0, 1e-3, [60, 80]) == 1e-3
-    assert lr_at(59, 1e-3, [60, 80]) == 1e-3
-    assert lr_at(60, 1e-3, [60, 80]) == pytest.approx(1e-4)
-    assert lr_at(80, 1e-3, [60, 80]) == pytest.approx(1e-5)
-    assert lr_at(100, 1e-3, []) == 1e-3
+    program = age_program()
+
+    def lr_at(epoch, flags):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        optimizer.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "lr": 0.5, "fixed_lr": True})
+        lr = program.set_learning_rate(optimizer, program.parse_args(flags, program.DEFAULTS), epoch)
+        assert optimizer.param_groups[0]["lr"] == lr and optimizer.param_groups[1]["lr"] == 0.5  # sigma's group kept
+        return lr
+
+    steps = ["--lr", "1e-3", "--schedule", "60", "80"]
+    assert lr_at(0, steps) == 1e-3 and lr_at(59, steps) == 1e-3
+    assert lr_at(60, steps) == pytest.approx(1e-4) and lr_at(80, steps) == pytest.approx(1e-5)
+    assert lr_at(100, ["--lr", "1e-3", "--schedule"]) == 1e-3
+    cosine = ["--lr", "1e-3", "--lr_cosine", "--epoch", "10"]  # from 1e-3 towards 1e-6, half-way at epoch 5
+    assert lr_at(0, cosine) == pytest.approx(1e-3) and lr_at(5, cosine) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert lr_at(10, cosine) == pytest.approx(1e-6)
 
 
 def test_rrt_freezes_backbone_parameters_and_batchnorm_statistics():
@@ -145,14 +166,14 @@ def test_loaders_drop_only_a_single_trailing_train_sample():
 
 
 def test_run_name_encodes_the_settings():
-    args = build_parser(AGEDB_DEFAULTS).parse_args(
+    args = build_parser(age_program().DEFAULTS).parse_args(
         ["--reweight", "sqrt_inv", "--lds", "--fds", "--regularization_weight", "100", "--interpolation_lambda", "2",
          "--lr", "2.5e-4", "--batch_size", "64", "--loss", "focal_l1"])
     name = run_name(args)
     for part in ("agedb_resnet50_sqrt_inv_lds_gau_9_1.0_fds_gau_9_1.0_0_1_0.9_ranksim_100.0_2.0",
                  "_adam_focal_l1_0.00025_64_"):
         assert part in name
-    assert isinstance(args, argparse.Namespace) and name != run_name(build_parser(AGEDB_DEFAULTS).parse_args([]))
+    assert isinstance(args, argparse.Namespace) and name != run_name(build_parser(age_program().DEFAULTS).parse_args([]))
 
 
 def test_train_step_bench_quick_runs():

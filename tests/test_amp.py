@@ -6,19 +6,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from folder_modules import load_folder_module
+from folder_modules import age_program
 
-from ranksim.harness.age_program import AGEDB_DEFAULTS, main
 from ranksim.harness.cli import UserError
 from ranksim.harness.data.synthetic import make_synthetic_age_dataset
-from ranksim.harness.loop import keep_float32, make_step_options, ranksim_regularizer
+from ranksim.harness.loop import keep_float32, make_step_options
 from ranksim.regularizer import batchwise_ranking_regularizer
 
+AGEDB_DEFAULTS = age_program().DEFAULTS
+main = age_program().main  # agedb-dir/train.py in this process
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def agedb_class():
-    return load_folder_module("agedb_datasets_amp", REPO / "agedb-dir" / "datasets.py").AgeDB
 
 
 def test_head_kept_in_float32_under_autocast():
@@ -45,7 +43,7 @@ def test_ranksim_under_autocast_is_the_float32_regularizer():
     labels = torch.tensor([float(v) for v in [3, 7, 7, 12, 20, 20, 20, 33, 41, 41, 50, 58, 60, 61, 70, 90]])
     torch.manual_seed(5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = ranksim_regularizer(1.0, 2.0)(feats, labels.reshape(-1, 1))
+        value = batchwise_ranking_regularizer(feats, labels.reshape(-1, 1), 2.0)  # train.py's call
     value.backward()
     ref_feats = feats.detach().float().requires_grad_(True)
     torch.manual_seed(5)
@@ -70,8 +68,7 @@ def test_bf16_channels_last_run_with_ranksim_and_fds_resumes(tmp_path):
     args = ["--data_dir", str(data), "--img_size", "16", "--model", "resnet18", "--batch_size", "8", "--workers",
             "0", "--store_root", str(store), "--store_name", "amp", "--amp", "bf16", "--channels_last", "--fds",
             "--regularization_weight", "100", "--interpolation_lambda", "2"]
-    AgeDB = agedb_class()
-    main(args + ["--epoch", "1"], AGEDB_DEFAULTS, AgeDB)
+    main(args + ["--epoch", "1"])
     first = json.loads((store / "amp" / "results.json").read_text())
     assert first["args"]["amp"] == "bf16" and first["metrics"]["all"]["count"] == 8
     assert all(first["metrics"]["all"][k] is not None for k in ("mse", "mae", "gmean"))
@@ -79,7 +76,7 @@ def test_bf16_channels_last_run_with_ranksim_and_fds_resumes(tmp_path):
     assert float(log.split("(ranksim ")[1].split(")")[0]) > 0
 
     # A finished run continues in a new directory (epoch 2), from its checkpoint.
-    results = main(args + ["--epoch", "2", "--resume", str(store / "amp" / "ckpt.pth.tar")], AGEDB_DEFAULTS, AgeDB)
+    results = main(args + ["--epoch", "2", "--resume", str(store / "amp" / "ckpt.pth.tar")])
     assert results["args"]["resume"].endswith("amp/ckpt.pth.tar")
     ckpt = torch.load(store / "amp_2" / "ckpt.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and "scaler" not in ckpt  # bf16 needs no loss scaling

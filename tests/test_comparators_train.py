@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from folder_modules import load_folder_module
+from folder_modules import age_program
 from test_age_train import (  # noqa: F401
-    AGEDB_DEFAULTS,
     ENV,
     REPO,
     AgeDB,
@@ -21,19 +20,19 @@ from test_age_train import (  # noqa: F401
     common_args,
     data,
     load_ckpt,
+    main,
     ok,
     run_train,
     store,
 )
 
 from ranksim.balanced_mse import fit_gaussian_mixture
-from ranksim.harness.age_program import main
 from ranksim.harness.cli import UserError
 from ranksim.harness.comparators import conr_view_loss
 
 
 def train(data, store, name, extra, epochs=2):  # noqa: F811
-    return main(common_args(data, store, name, epochs=epochs) + extra, AGEDB_DEFAULTS, AgeDB)
+    return main(common_args(data, store, name, epochs=epochs) + extra)
 
 
 def train_labels(data):  # noqa: F811
@@ -196,8 +195,7 @@ def test_imdb_wiki_train_py_runs_the_methods_and_evaluates(data, store):  # noqa
     ok(run_train(base + ["--store_name", "imdb_bni_conr", "--bmse", "bni", "--conr"], folder="imdb-wiki-dir"))
     trained = json.loads((store / "imdb_bni_conr" / "results.json").read_text())
     assert trained["dataset"] == "imdb_wiki" and trained["args"]["bmse"] == "bni" and trained["args"]["conr"]
-    imdb = load_folder_module("imdb_wiki_train_comparators", REPO / "imdb-wiki-dir" / "train.py")
-    run = lambda *extra: main(base + list(extra), imdb.DEFAULTS, imdb.IMDBWIKI)  # noqa: E731
+    run = lambda *extra: age_program("imdb-wiki-dir").main(base + list(extra))  # noqa: E731
     run("--store_name", "imdb_rnc", "--rnc", "encoder", "--lr", "0.05")
     linear = run("--store_name", "imdb_rnc_linear", "--rnc", "linear", "--pretrained",
                  str(store / "imdb_rnc" / "ckpt.best.pth.tar"))

@@ -208,7 +208,7 @@ def test_run_demo_rejects_bad_seeds(tmp_path):
 def test_agedb_quick_start_data_has_all_three_shot_groups(tmp_path):
     """The `python -c` line of agedb-dir/README.md's quick start, run as shown (in a scratch folder)."""
     readme = (REPO / "agedb-dir" / "README.md").read_text()
-    code = re.search(r'^python -c "(from ranksim\.synthetic import [^"]+)"$', readme, flags=re.M).group(1)
+    code = re.search(r'^python -c "(from ranksim\.harness\.data\.synthetic import [^"]+)"$', readme, flags=re.M).group(1)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
-from folder_modules import load_folder_module
+from folder_modules import age_program, age_train_one_epoch, load_folder_module
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ranksim.distributed import GatheredRankSim
@@ -38,7 +38,7 @@ from ranksim.harness.distributed import (
     per_rank_batch,
     wrap_model,
 )
-from ranksim.harness.loop import StepOptions, train_one_epoch, update_fds_statistics
+from ranksim.harness.loop import StepOptions, update_fds_statistics
 from ranksim.losses import weighted_l1_loss
 from ranksim.regularizer import batchwise_ranking_regularizer, reduce_ties
 from ranksim.weighting import label_weights
@@ -115,11 +115,13 @@ def worker(rank: int, out_dir: str):
     result["fds_after_pass"] = {k: v.clone() for k, v in model.FDS.state_dict().items()}
     ddp = wrap_model(model, ctx)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
-    stats = train_one_epoch(ddp, [(x[shard], y[shard], w[shard])], optimizer, weighted_l1_loss, torch.device("cpu"),
-                            epoch=1, regularizer=GatheredRankSim(GAMMA, LAMBDA, torch.device("cpu"), seed=SEED),
-                            show_progress=False, options=StepOptions(reduce_loss=mean_over_ranks))
+    # agedb-dir/train.py's step: RankSim on the batch gathered by GlobalBatch, tie draws seeded alike on every rank
+    loss, _ = age_train_one_epoch(ddp, [(x[shard], y[shard], w[shard])], optimizer, weighted_l1_loss, epoch=1,
+                                  flags=["--regularization_weight", str(GAMMA), "--interpolation_lambda", str(LAMBDA),
+                                         "--seed", str(SEED)], ctx=ctx,
+                                  options=StepOptions(reduce_loss=mean_over_ranks), run_dir=f"{out_dir}/run{rank}")
     result["params"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result["loss"] = stats["loss"]
+    result["loss"] = loss
 
     # 3. Predictions of a 5-sample split (rank 0 holds 0, 2, 4; rank 1 holds 1, 3 and a repeated 0).
     split_sampler = DistributedSampler(TensorDataset(torch.zeros(5)), num_replicas=WORLD, rank=rank, shuffle=False)
@@ -146,6 +148,21 @@ def spawned(tmp_path_factory):
 
 def seeded_generator():
     return torch.Generator().manual_seed(GatheredRankSim.epoch_seed(SEED, 0))
+
+
+def single_process_step(model, x, y, w, gamma):
+    """One SGD step on the whole batch of the hand-written objective (weighted L1 + gamma * RankSim with the
+    epoch-0 tie draws the ranks share); returns the loss."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    pred, encoding = model(x, y, 1)
+    loss = weighted_l1_loss(pred, y, w)
+    if gamma:
+        loss = loss + gamma * batchwise_ranking_regularizer(encoding, y, LAMBDA, generator=seeded_generator())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def test_gathered_regularizer_value_and_gradient_equal_single_process(spawned):
@@ -175,26 +192,18 @@ def test_ddp_step_with_ranksim_and_fds_equals_single_process_step(spawned):
     assert fds_state["num_samples_tracked"].sum() == 11
 
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    generator = seeded_generator()
-
-    def regularizer(features, targets):
-        return GAMMA * batchwise_ranking_regularizer(features, targets, LAMBDA, generator=generator)
-
-    stats = train_one_epoch(model, [(x, y, w)], optimizer, weighted_l1_loss, torch.device("cpu"), epoch=1,
-                            regularizer=regularizer, show_progress=False)
+    loss = single_process_step(model, x, y, w, GAMMA)  # the whole batch, the tie draws the ranks share
     expected = model.state_dict()
     for rank, result in enumerate(spawned):
         assert result["params"].keys() == expected.keys()
         for key, value in expected.items():
             assert torch.allclose(result["params"][key], value, rtol=1e-5, atol=1e-5), (rank, key)
-        assert result["loss"] == pytest.approx(stats["loss"], rel=1e-5)  # the global-batch loss on every rank
+        assert result["loss"] == pytest.approx(loss, rel=1e-5)  # the global-batch loss on every rank
 
     # The regularizer's share of the step is large enough that a wrong scaling (e.g. x2 or x1/2) would fail.
     no_reg = new_model()
     fds_pass(no_reg)
-    train_one_epoch(no_reg, [(x, y, w)], torch.optim.SGD(no_reg.parameters(), lr=0.1), weighted_l1_loss,
-                    torch.device("cpu"), epoch=1, show_progress=False)
+    single_process_step(no_reg, x, y, w, gamma=0.0)
     w_key = "backbone.0.weight"
     reg_share = expected[w_key] - no_reg.state_dict()[w_key]
     assert reg_share.abs().max() > 100 * 1e-5 and (expected[w_key] - before[w_key]).abs().max() > 0
@@ -215,23 +224,19 @@ def test_global_batch_must_be_divisible_by_the_process_count():
     assert "\n" not in str(err.value)
 
 
-def load_agedb_module():
-    return load_folder_module("agedb_datasets_ddp", REPO / "agedb-dir" / "datasets.py").AgeDB
-
-
 def test_indivisible_batch_under_torchrun_stops_before_anything_is_made(tmp_path, monkeypatch):
-    from ranksim.harness.age_program import AGEDB_DEFAULTS, main
+    main = age_program().main
 
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
         monkeypatch.setenv(name, value)
     args = ["--data_dir", str(tmp_path), "--store_root", str(tmp_path / "runs"), "--batch_size", "15"]
     with pytest.raises(SystemExit) as exit_info:  # rank 1 exits quietly with the error's exit code
-        main(args, AGEDB_DEFAULTS, load_agedb_module())
+        main(args)
     assert exit_info.value.code == 2
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(UserError, match=r"^--batch_size 15: .*N = 2") as err:  # rank 0 reports it
-        main(args, AGEDB_DEFAULTS, load_agedb_module())
+        main(args)
     assert "\n" not in str(err.value) and not (tmp_path / "runs").exists()
 
 

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+from folder_modules import age_program
 
 from ranksim.harness.cli import OneLineArgumentParser, UserError, check_file, run_cli
 
@@ -89,11 +90,11 @@ def test_help_shows_every_default_of_the_training_and_data_programs():
 
     from folder_modules import load_folder_module
 
-    from ranksim.harness.age_program import build_parser as age_parser
+    from ranksim.harness.age_flags import build_parser as age_parser
 
     repo = Path(__file__).resolve().parents[1]
     stsb_parser = load_folder_module("stsb_train_help", repo / "sts-b-dir" / "train.py").build_parser
-    for parser in (age_parser(), stsb_parser()):
+    for parser in (age_parser(age_program().DEFAULTS), stsb_parser()):
         help_text = " ".join(parser.format_help().split())
         for action in parser._actions:
             if action.option_strings and action.default not in (None, argparse.SUPPRESS):

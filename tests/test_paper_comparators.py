@@ -2,9 +2,10 @@
 import json
 
 import pytest
+from folder_modules import age_program
 from test_reproduce import age_metrics, reproduce, write_results
 
-from ranksim.harness.age_program import build_parser
+from ranksim.harness.age_flags import build_parser
 from ranksim.harness.paper import BENCHMARKS, COMPARATOR_GROUPS, PUBLISHED, ROWS, published
 
 
@@ -22,7 +23,7 @@ def test_comparator_rows_are_runnable_and_identify_one_row_each(dataset):
         assert ("--regularization_weight" in row.flags) == row.ranksim
     if dataset != "sts-b":  # every age row parses with the age program's flags
         for row in extra:
-            build_parser().parse_args(list(row.flags) + (["--pretrained", "x"] if row.stage1 else []))
+            build_parser(age_program().DEFAULTS).parse_args(list(row.flags) + (["--pretrained", "x"] if row.stage1 else []))
 
 
 def test_published_comparator_numbers():

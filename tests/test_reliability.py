@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from folder_modules import load_folder_module
+from folder_modules import age_program, load_folder_module
 
 from ranksim.harness.data.synthetic import make_synthetic_age_dataset
 
@@ -119,7 +119,9 @@ def test_a_flag_contradicting_the_checkpoint_is_refused(run_32px, age_data, tmp_
                                    "pass --img_size 32")
     assert not (tmp_path / "runs").exists()
     # the same value given explicitly is fine (checked in-process: flags only)
-    from ranksim.harness.age_program import AGEDB_DEFAULTS, adopt_checkpoint_settings, build_parser
+    from ranksim.harness.age_flags import adopt_checkpoint_settings, build_parser
+
+    AGEDB_DEFAULTS = age_program().DEFAULTS
     from ranksim.harness.flags import explicit_flags
     argv[-1] = "32"
     args = build_parser(AGEDB_DEFAULTS).parse_args(argv)

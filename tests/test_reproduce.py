@@ -323,8 +323,8 @@ def test_table_of_real_runs_shows_their_numbers(real_runs):
 
 
 PARSER_DEFAULTS = {
-    "agedb-dir": "from ranksim.harness.age_program import build_parser; import train; p = build_parser(train.DEFAULTS)",
-    "imdb-wiki-dir": "from ranksim.harness.age_program import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "agedb-dir": "from ranksim.harness.age_flags import build_parser; import train; p = build_parser(train.DEFAULTS)",
+    "imdb-wiki-dir": "from ranksim.harness.age_flags import build_parser; import train; p = build_parser(train.DEFAULTS)",
     "sts-b-dir": "import train; p = train.build_parser()",
 }
 

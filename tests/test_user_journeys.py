@@ -12,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from folder_modules import load_folder_module
+from folder_modules import age_program, load_folder_module
 
-from ranksim.harness.age_program import AGEDB_DEFAULTS, build_parser
-from ranksim.harness.age_program import main as age_main
+from ranksim.harness.age_flags import build_parser
 from ranksim.harness.cli import run_cli
 from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+
+AGEDB_DEFAULTS = age_program().DEFAULTS
+age_main = age_program().main  # agedb-dir/train.py in this process
 
 ROOT = Path(__file__).resolve().parents[1]
 STSB_DIR = ROOT / "sts-b-dir"
@@ -269,13 +271,13 @@ def interrupted_line(main_fn, argv, capsys) -> str:
 
 def test_age_ctrl_c_names_the_resume_command(tiny_agedb, capsys, monkeypatch):
     """Ctrl-C in the second epoch: the line says how to continue from the first epoch's checkpoint."""
-    import ranksim.harness.age_program as age_train
+    age_train = age_program()
 
     data, table, args = tiny_agedb
     real_train_one_epoch = age_train.train_one_epoch
 
     def train_one_epoch(*a, **kw):
-        if a[5] == 1:  # the 0-based epoch
+        if a[4] == 1:  # the 0-based epoch
             raise KeyboardInterrupt
         return real_train_one_epoch(*a, **kw)
 

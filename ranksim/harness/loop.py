@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ranksim.harness.checkpoint import unwrap_model
 from ranksim.harness.cli import UserError
+from ranksim.harness.distributed import DistContext, gather_predictions
 from ranksim.regularizer import batchwise_ranking_regularizer
 
 # A loss above this is treated as divergence. The largest honest losses of the age benchmarks are
@@ -86,6 +87,23 @@ class StepOptions:
         if self.channels_last and images.dim() == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), through the fp16 loss scaler when there is one."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Before gradient clipping: the true gradients, not the fp16-scaled ones (a no-op without a scaler)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """optimizer.step(); with the fp16 scaler, skipped when the scaled gradients overflowed."""
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
 
 
 def make_step_options(amp: str, channels_last: bool, device: torch.device,
@@ -253,6 +271,16 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, show_progr
     if not preds:
         return np.zeros(0), np.zeros(0)
     return torch.cat(preds).double().numpy().reshape(-1), torch.cat(labels).double().numpy().reshape(-1)
+
+
+def predict_split(model: nn.Module, loader: Iterable, ctx: DistContext, options: Optional[StepOptions] = None,
+                  show_progress: bool = True, desc: str = "eval") -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`predict` over a split; under torchrun every rank predicts its shard and gets the whole
+    split's predictions and labels back, in dataset order (float64 [N] each)."""
+    preds, labels = predict(model, loader, ctx.device, show_progress, desc=desc, options=options)
+    if ctx.distributed:
+        preds, labels = gather_predictions(preds, labels, loader.sampler, len(loader.dataset), ctx)
+    return preds, labels
 
 
 @torch.no_grad()

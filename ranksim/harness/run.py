@@ -42,6 +42,8 @@ from ranksim.harness.checkpoint import (
     copy_as_best,
     load_checkpoint,
     load_model_state,
+    load_optimizer_state,
+    restore_rng_state,
     save_checkpoint,
     state_dict_of,
 )
@@ -52,6 +54,7 @@ LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
 CKPT_NAME = "ckpt.pth.tar"
 BEST_NAME = "ckpt.best.pth.tar"
+SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp fp16)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -332,6 +335,32 @@ class Run:
                 raise self.logger.interrupted(self.ckpt_path, exc) from None
         finally:
             self.logger.close()
+
+
+def restore_training(path: PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: Optional["torch.amp.GradScaler"] = None) -> Dict[str, Any]:
+    """--resume ``path``: model weights (strict), optimizer state and the fp16 GradScaler's state (key
+    'scaler') from our checkpoint; returns the checkpoint (its progress entries: epoch, best_loss, ...).
+    The random streams are restored separately, by :func:`restore_random_state`, just before training."""
+    path = os.fspath(path)
+    checkpoint = load_checkpoint(path)
+    load_model_state(model, state_dict_of(checkpoint, path), source=path)
+    if checkpoint.get("optimizer") is not None:
+        load_optimizer_state(optimizer, checkpoint, path)
+    if scaler is not None and SCALER_KEY in checkpoint:
+        scaler.load_state_dict(checkpoint[SCALER_KEY])
+    return checkpoint
+
+
+def restore_random_state(checkpoint: Dict[str, Any], ctx: DistContext, seed: int, step: int) -> None:
+    """Call last before the first resumed batch, so that nothing draws from the restored streams first.
+    One process: the saved streams (Python, NumPy, torch CPU/CUDA; 'rng'), so the run continues exactly
+    as if uninterrupted. Under torchrun rank 0's streams cannot serve every rank: each re-seeds from
+    (seed, rank, step), ``step`` being the epoch or iteration resumed at."""
+    if ctx.distributed:
+        seed_everything(seed + ctx.rank + 1009 * step)
+    elif "rng" in checkpoint:
+        restore_rng_state(checkpoint["rng"])
 
 
 def to_jsonable(value: Any) -> Any:
