@@ -1,6 +1,6 @@
 """Checks of the imbalanced-regression flags that every train.py shares (LDS, FDS, RankSim).
 
-Both training programs (``ranksim/harness/age_program.py`` and ``sts-b-dir/train.py``) have the same LDS/FDS/
+The training programs (``agedb-dir/train.py`` = ``imdb-wiki-dir/train.py``, and ``sts-b-dir/train.py``) have the same LDS/FDS/
 RankSim flags, with dataset-dependent defaults. :func:`check_method_flags` turns values that cannot
 work into one-line :class:`~ranksim.harness.cli.UserError`\\ s before anything is read or written; without
 it they surfaced as a ValueError traceback from deep inside the library, after a run directory had
