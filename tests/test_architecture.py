@@ -27,8 +27,15 @@ NAMED_ATTRIBUTE_CALLS = {"getattr": 0, "setattr": 0, "delattr": 0, "hasattr": 0}
 
 
 def tracked_python_files() -> List[str]:
-    listed = subprocess.run(["git", "ls-files", "-z", "*.py"], cwd=REPO, capture_output=True, text=True, check=True)
-    return sorted(path for path in listed.stdout.split("\0") if path)
+    """The .py files git tracks; outside a git checkout (an unpacked archive), every .py file but those in
+    hidden folders (.venv, .git) and build output."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "*.py"], cwd=REPO, capture_output=True, text=True,
+                                check=True)
+        return sorted(path for path in listed.stdout.split("\0") if path)
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(str(path.relative_to(REPO)) for path in REPO.rglob("*.py")
+                      if not any(part.startswith(".") or part == "build" for part in path.relative_to(REPO).parts))
 
 
 def project_module_names(files: List[str]) -> Set[str]:
