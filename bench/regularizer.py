@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from common import run_benchmark  # bench/common.py: python puts the script's folder on sys.path
 
 from ranksim.ranking import TrueRanker, rank_normalised
-from ranksim.regularizer import _flatten_inputs, _ranking_loss, batchwise_ranking_regularizer, reduce_ties
+from ranksim.regularizer import batchwise_ranking_regularizer, reduce_ties
 
 LAMBDA = 2.0  # the paper's interpolation strength
 MIN_SPEEDUP_OVER_LOOP = 4.0
@@ -90,7 +90,7 @@ def loss_and_grad(fn, features, targets):
 
 def masked_regularizer(features, targets, lam):
     """The library's sync-free masked form (what CUDA runs), forced on any device for comparison."""
-    return _ranking_loss(*_flatten_inputs(features, targets), lam, compact=False)
+    return batchwise_ranking_regularizer(features, targets, lam, form="masked")
 
 
 def verify_equal(fn, features, targets, seed=0):

@@ -45,8 +45,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--gamma", type=float, default=1.0, help="RankSim weight")
-    parser.add_argument("--interp_strength_lambda", type=float, default=2.0)
+    # The flag names of the benchmark programs' train.py (RankSim's gamma and lambda).
+    parser.add_argument("--regularization_weight", type=float, default=1.0, help="RankSim weight gamma")
+    parser.add_argument("--interpolation_lambda", type=float, default=2.0, help="RankSim interpolation strength lambda")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and leaves the other core free
 
@@ -54,7 +55,7 @@ def main():
     groups = shot_groups(y_train, y_test, BINNING, many_threshold=MANY_SHOT, few_threshold=FEW_SHOT)
     print(f"train {len(y_train)} patients after subsampling (targets >= 150: {int((y_train >= 150).sum())}), "
           f"test {len(y_test)}")
-    regularizers = {"vanilla": None, "ranksim": RankSim(args.gamma, args.interp_strength_lambda)}
+    regularizers = {"vanilla": None, "ranksim": RankSim(args.regularization_weight, args.interpolation_lambda)}
     maes = {method: {g: [] for g in ("all",) + GROUPS} for method in regularizers}
     for seed in args.seeds:
         for method, regularizer in regularizers.items():

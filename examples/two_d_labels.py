@@ -49,15 +49,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--gamma", type=float, default=1.0, help="RankSim weight")
-    parser.add_argument("--interp_strength_lambda", type=float, default=2.0)
+    # The flag names of the benchmark programs' train.py (RankSim's gamma and lambda).
+    parser.add_argument("--regularization_weight", type=float, default=1.0, help="RankSim weight gamma")
+    parser.add_argument("--interpolation_lambda", type=float, default=2.0, help="RankSim interpolation strength lambda")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and leaves the other core free
 
     x_train, y_train, x_test, y_test = make_data()
     groups = shot_groups(cell_of(y_train), cell_of(y_test), CELLS)
     regularizers = {"vanilla": None,
-                    "ranksim": RankSim(args.gamma, args.interp_strength_lambda, label_distance="l2")}
+                    "ranksim": RankSim(args.regularization_weight, args.interpolation_lambda, label_distance="l2")}
     errors = {method: {g: [] for g in ("all",) + GROUPS} for method in regularizers}
     for seed in args.seeds:
         for method, regularizer in regularizers.items():

@@ -96,7 +96,7 @@ class GatheredRankSim:
     label_distance: 'l1' | 'l2', as in ``batchwise_ranking_regularizer``.
 
         # torchrun --nproc_per_node N my_train.py; dist.init_process_group(...) done, model in DDP
-        ranksim_loss = GatheredRankSim(gamma=1.0, interpolation_lambda=2.0, device=device, seed=0)
+        ranksim_loss = GatheredRankSim(gamma=1.0, interp_strength_lambda=2.0, device=device, seed=0)
         for epoch in range(epochs):
             sampler.set_epoch(epoch)
             ranksim_loss.set_epoch(epoch)
@@ -106,9 +106,9 @@ class GatheredRankSim:
                 optimizer.zero_grad(); loss.backward(); optimizer.step()
     """
 
-    def __init__(self, gamma: float, interpolation_lambda: float, device: torch.device, seed: int = 0,
+    def __init__(self, gamma: float, interp_strength_lambda: float, device: torch.device, seed: int = 0,
                  label_distance: str = "l1"):
-        self.gamma, self.interpolation_lambda = gamma, interpolation_lambda
+        self.gamma, self.interp_strength_lambda = gamma, interp_strength_lambda
         self.label_distance = label_distance
         self.seed = seed
         self.generator = torch.Generator(device=device)
@@ -129,5 +129,5 @@ class GatheredRankSim:
         all_targets = all_gather_tensor(targets.reshape(targets.shape[0], -1).to(features.device), sizes)
         with torch.autocast(features.device.type, enabled=False):  # RankSim in float32 under --amp
             return self.gamma * batchwise_ranking_regularizer(all_features.float(), all_targets,
-                                                              self.interpolation_lambda, generator=self.generator,
+                                                              self.interp_strength_lambda, generator=self.generator,
                                                               label_distance=self.label_distance)

@@ -46,9 +46,10 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
 
 
-# Rows per chunk in _bucket_mean_var: about 2 MB of float32 features, so that each chunk's
-# temporaries stay in cache on CPU (about 6x faster there than whole-tensor passes at 12k x 2048).
-_CHUNK_ELEMENTS = 1 << 19
+# Feature elements per chunk of the per-bucket statistics (rows per chunk = CHUNK_ELEMENTS // D): about
+# 2 MB of float32 features, so that each chunk's temporaries stay in cache on CPU (about 6x faster there
+# than whole-tensor passes at 12k x 2048). Public so that tests can shrink it to cover several chunks.
+CHUNK_ELEMENTS = 1 << 19
 
 
 def _bucket_mean_var(x: torch.Tensor, rows: torch.Tensor, num_rows: int):
@@ -61,7 +62,7 @@ def _bucket_mean_var(x: torch.Tensor, rows: torch.Tensor, num_rows: int):
     with index_add_ (scatter-add), no loop over labels and no host-device sync.
     """
     dim = x.shape[1]
-    chunk = max(1, _CHUNK_ELEMENTS // max(dim, 1))
+    chunk = max(1, CHUNK_ELEMENTS // max(dim, 1))
     count = torch.bincount(rows, minlength=num_rows).float()
     total = torch.zeros(num_rows, dim, device=x.device)
     for xs, rs in zip(x.split(chunk), rows.split(chunk)):

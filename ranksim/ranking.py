@@ -33,14 +33,21 @@ def _ascending_order(x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> to
     return torch.argsort(x, dim=-1, stable=True)
 
 
-def _masked_rank_normalised(
+def masked_rank_normalised(
     x: torch.Tensor, keep: Optional[torch.Tensor] = None, n_kept: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """``rank_normalised`` among the kept columns only (float32, shape of ``x``).
+    """``rank_normalised`` of every row of ``x`` [n, m] among the kept columns only: float32 [n, m].
 
-    Kept columns get ``(rank among kept + 1) / n_kept``; values in dropped columns are
-    meaningless (callers mask them). ``n_kept`` is a tensor so that no host sync is needed.
+    keep: bool, broadcastable to ``x`` (e.g. [n, m] or [1, m]), True at the columns that take part;
+    None keeps every column (then this is ``rank_normalised``). n_kept: 0-d integer tensor, the number
+    of kept columns of each row (the same for every row; required with ``keep``). It is a tensor, not
+    an int, so that the caller never has to read the count on the host (no device sync).
+    Kept columns get ``(rank among the kept + 1) / n_kept``, exactly ``rank_normalised`` of the row
+    with the dropped columns removed; the values in dropped columns are meaningless (mask them).
+    Kept values must be finite (dropped ones are replaced by -inf and rank last).
     """
+    if keep is not None and n_kept is None:
+        raise ValueError("masked_rank_normalised: n_kept (a 0-d tensor) is required with keep")
     m = x.shape[-1]
     ascending = _ascending_order(x, keep)
     # Ascending position p holds rank m - 1 - p, i.e. (rank + 1) / n = (m - p) / n.
@@ -71,49 +78,50 @@ def rank(x: torch.Tensor) -> torch.Tensor:
 def rank_normalised(x: torch.Tensor) -> torch.Tensor:
     """``(rank(x) + 1) / m`` as float32 [n, m]: 1/m for the largest value of a row, 1 for the smallest."""
     _check_2d(x)
-    return _masked_rank_normalised(x)
+    return masked_rank_normalised(x)
 
 
 class _MaskedTrueRanker(torch.autograd.Function):
     """TrueRanker among the kept columns of each row (implementation of ``masked_true_rank``)."""
 
     @staticmethod
-    def forward(ctx, scores, lambda_val, keep, n_kept):
-        ranks = _masked_rank_normalised(scores, keep, n_kept)
-        ctx.lambda_val = lambda_val
+    def forward(ctx, scores, interp_strength_lambda, keep, n_kept):
+        ranks = masked_rank_normalised(scores, keep, n_kept)
+        ctx.interp_strength_lambda = interp_strength_lambda
         ctx.save_for_backward(scores, ranks, keep, n_kept)
         return ranks
 
     @staticmethod
     def backward(ctx, grad_output):
         scores, ranks, keep, n_kept = ctx.saved_tensors
-        lam = ctx.lambda_val
+        lam = ctx.interp_strength_lambda
         perturbed = scores.to(torch.float32) + lam * grad_output.to(torch.float32)
-        grad = -(ranks - _masked_rank_normalised(perturbed, keep, n_kept)) / (lam + 1e-8)
+        grad = -(ranks - masked_rank_normalised(perturbed, keep, n_kept)) / (lam + 1e-8)
         grad = grad * keep  # dropped entries take no part in the loss: exactly zero gradient
         return grad.to(scores.dtype), None, None, None
 
 
 class TrueRanker(torch.autograd.Function):
-    """Differentiable row ranking: ``TrueRanker.apply(scores [n, m], lambda_val: float)``.
+    """Differentiable row ranking: ``TrueRanker.apply(scores [n, m], interp_strength_lambda: float)``.
 
-    Forward: ``rank_normalised(scores)`` (float32 [n, m]). Backward with incoming gradient g:
-    ``-(r - rank_normalised(scores + lambda_val * g)) / (lambda_val + 1e-8)``; no gradient for
-    ``lambda_val`` (the interpolation strength, > 0).
+    Forward: ``rank_normalised(scores)`` (float32 [n, m]). Backward with incoming gradient g and
+    lambda = interp_strength_lambda (the interpolation strength, > 0; the published TrueRanker calls
+    it ``lambda_val``): ``-(r - rank_normalised(scores + lambda * g)) / (lambda + 1e-8)``; no
+    gradient for lambda.
     """
 
     @staticmethod
-    def forward(ctx, scores, lambda_val):
+    def forward(ctx, scores, interp_strength_lambda):
         _check_2d(scores)
         ranks = rank_normalised(scores)
-        ctx.lambda_val = lambda_val
+        ctx.interp_strength_lambda = interp_strength_lambda
         ctx.save_for_backward(scores, ranks)
         return ranks
 
     @staticmethod
     def backward(ctx, grad_output):
         scores, ranks = ctx.saved_tensors
-        lam = ctx.lambda_val
+        lam = ctx.interp_strength_lambda
         perturbed = scores.to(torch.float32) + lam * grad_output.to(torch.float32)
         # Blackbox combinatorial-solver gradient (Vlastelica et al., ICLR 2020): rank the scores
         # nudged along the incoming gradient; the finite difference of the two rankings is the gradient.
@@ -122,7 +130,7 @@ class TrueRanker(torch.autograd.Function):
 
 
 def masked_true_rank(
-    scores: torch.Tensor, lambda_val: float, keep: torch.Tensor, n_kept: torch.Tensor
+    scores: torch.Tensor, interp_strength_lambda: float, keep: torch.Tensor, n_kept: torch.Tensor
 ) -> torch.Tensor:
     """TrueRanker restricted to the columns marked in ``keep``, for every row at once.
 
@@ -132,4 +140,4 @@ def masked_true_rank(
     removed (order of kept columns preserved); the gradient is exactly zero on dropped entries.
     Used by the regularizer to reduce label ties without a host sync.
     """
-    return _MaskedTrueRanker.apply(scores, lambda_val, keep, n_kept)
+    return _MaskedTrueRanker.apply(scores, interp_strength_lambda, keep, n_kept)

@@ -26,9 +26,11 @@ How the vectorised form avoids host-device syncs (no ``.item()``, ``.nonzero()``
     stable sort of ranksim.ranking (the published code's non-stable argsort orders such ties
     arbitrarily in rows of 17 or more samples; see the ranking module's docstring).
 On CPU there is no device to wait for, so the regularizer gathers the kept samples instead of
-masking them: same random draws, same order, same numbers, but n x n work instead of B x B (with
-AgeDB-like labels a batch of 256 keeps ~70 samples, and the B x B similarity matmul would
-dominate the cost). Tests run both forms on CPU; any other device (CUDA, meta) takes the masked one.
+masking them (the "compact" form): same random draws, same order, same numbers, but n x n work
+instead of B x B (with AgeDB-like labels a batch of 256 keeps ~70 samples, and the B x B similarity
+matmul would dominate the cost). Any other device (CUDA, meta) takes the "masked" form. The
+``form`` keyword of ``batchwise_ranking_regularizer`` picks one explicitly, so that tests and
+bench/ run both on CPU.
 """
 import contextlib
 from typing import Optional, Tuple
@@ -37,9 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranksim.ranking import TrueRanker, _masked_rank_normalised, masked_true_rank, rank_normalised
+from ranksim.ranking import TrueRanker, masked_rank_normalised, masked_true_rank, rank_normalised
 
 LABEL_DISTANCES = ("l1", "l2")
+# How the regularizer computes (module docstring): "auto" = "compact" on CPU, "masked" elsewhere.
+FORMS = ("auto", "masked", "compact")
 
 
 def _flatten_inputs(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -65,21 +69,17 @@ def _flatten_inputs(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torc
 
 
 @torch.compiler.disable  # a data-dependent check: run it eagerly rather than break the graph there
-def _check_finite_targets(targets: torch.Tensor) -> bool:
-    """ValueError naming the first non-finite target, when checking is free (targets on the CPU).
+def _check_finite_targets(targets: torch.Tensor) -> None:
+    """ValueError naming the first non-finite target (targets: as passed in, shape already validated).
 
-    targets: as passed in, shape already validated. Returns whether the check ran: on an
-    accelerator it would make the host wait for the device, so there the regularizer lets
-    non-finite targets turn the loss into NaN instead.
+    It reads the targets on the host: free on the CPU, a device sync elsewhere, so the regularizer
+    calls it only where that costs nothing or the computation syncs anyway (compact form, reduce_ties).
     """
-    if targets.device.type != "cpu":
-        return False
     finite = torch.isfinite(targets.reshape(targets.shape[0], -1))
     if not bool(finite.all()):
         row = int((~finite).any(dim=1).nonzero()[0, 0])
         raise ValueError(f"targets: {int((~finite).sum())} non-finite value(s), the first "
                          f"{targets[row].tolist()!r} at batch index {row}; labels must be finite numbers")
-    return True
 
 
 def _autocast_off(device: torch.device):
@@ -158,6 +158,11 @@ def _check_label_distance(label_distance: str) -> None:
         raise ValueError(f"label_distance={label_distance!r} is not one of {', '.join(LABEL_DISTANCES)}")
 
 
+def _check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is not one of {', '.join(FORMS)}")
+
+
 def _check_lambda(interp_strength_lambda: float) -> None:
     if not interp_strength_lambda > 0:
         raise ValueError(
@@ -172,6 +177,8 @@ def batchwise_ranking_regularizer(
     interp_strength_lambda: float,
     generator: Optional[torch.Generator] = None,
     label_distance: str = "l1",
+    *,
+    form: str = "auto",
 ) -> torch.Tensor:
     """RankSim loss: how far the similarity ranking of features is from that of labels.
 
@@ -181,28 +188,34 @@ def batchwise_ranking_regularizer(
     lambda (> 0); generator: optional torch.Generator on the features' device for the tie-reduction
     draws (default: torch's global RNG; distributed runs pass one seeded identically on every rank);
     label_distance: 'l1' (default) or 'l2', the distance between label vectors whose negative is
-    the label similarity (for d = 1 both are |y_i - y_j| and give the same result).
+    the label similarity (for d = 1 both are |y_i - y_j| and give the same result);
+    form (keyword only): 'auto' (default: 'compact' on CPU, 'masked' on any other device),
+    'masked' (dropped samples masked over the full B x B matrix: nothing waits for the device, see
+    the module docstring) or 'compact' (dropped samples removed first: n x n work, but boolean
+    indexing, which syncs on accelerators). Both forms give the same numbers under the same draws.
     Returns a float32 scalar tensor; 0 (with zero gradient) when fewer than two distinct labels remain.
-    On accelerators nothing waits for the device (see the module docstring); on CPU, where there is
-    no device to wait for, the dropped samples are removed instead of masked, which saves the
-    B x B work on them (the same numbers either way; tests check both paths).
     TypeError when features or targets is not a torch.Tensor (e.g. a NumPy array).
     Non-finite targets (NaN, inf): ValueError naming them when the targets are on the CPU (as a
-    DataLoader yields them); targets already on an accelerator are not checked (that would make the
-    host wait for the device) and make the returned loss NaN instead.
+    DataLoader yields them) or form='compact'. Targets already on an accelerator, and any targets
+    under form='masked' (which never reads a value on the host), are not checked, since that would
+    make the host wait for the device: the returned loss is NaN instead.
     NaN features are not checked for: their similarities get arbitrary ranks, the returned loss stays
     finite, but the gradient is NaN, so the model's weights become NaN after the step (a NaN
     feature usually makes the prediction and so the main loss NaN too, which the train programs stop on).
     """
     _check_lambda(interp_strength_lambda)
     _check_label_distance(label_distance)
+    _check_form(form)
     flat_features, flat_targets = _flatten_inputs(features, targets)
-    targets_checked = _check_finite_targets(targets)
-    features, targets = flat_features, flat_targets
-    loss = _ranking_loss(features, targets, interp_strength_lambda, compact=features.device.type == "cpu",
+    compact = form == "compact" or (form == "auto" and flat_features.device.type == "cpu")
+    # The check reads the targets on the host: free while they are on the CPU, and the compact form syncs anyway.
+    checked = compact or (form == "auto" and targets.device.type == "cpu")
+    if checked:
+        _check_finite_targets(targets)
+    loss = _ranking_loss(flat_features, flat_targets, interp_strength_lambda, compact=compact,
                          generator=generator, label_distance=label_distance)
-    if not targets_checked:  # NaN or inf in the targets makes the loss NaN, without a host sync
-        loss = loss + targets.sum() * 0
+    if not checked:  # NaN or inf in the targets makes the loss NaN, without a host sync
+        loss = loss + flat_targets.sum() * 0
     return loss
 
 
@@ -238,7 +251,7 @@ class RankSim(nn.Module):
                 f"label_distance={self.label_distance!r}")
 
 
-def _ranking_loss(features: torch.Tensor, targets: torch.Tensor, lam: float, compact: bool,
+def _ranking_loss(features: torch.Tensor, targets: torch.Tensor, interp_strength_lambda: float, compact: bool,
                   generator: Optional[torch.Generator] = None, label_distance: str = "l1") -> torch.Tensor:
     """The regularizer on validated features [B, D] and targets [B, d].
 
@@ -266,13 +279,13 @@ def _ranking_loss(features: torch.Tensor, targets: torch.Tensor, lam: float, com
 
     # 3. Label ranks (constants) and feature ranks (blackbox gradient), all rows at once.
     if compact:
-        diff = TrueRanker.apply(similarities, lam) - rank_normalised(label_distances)
+        diff = TrueRanker.apply(similarities, interp_strength_lambda) - rank_normalised(label_distances)
         n_kept = x.shape[0]
     else:
         n_kept = keep.sum()  # a tensor: the count never leaves the device
         pair_keep = keep[:, None] & keep[None, :]
-        label_ranks = _masked_rank_normalised(label_distances, pair_keep, n_kept)
-        feature_ranks = masked_true_rank(similarities, lam, pair_keep, n_kept)
+        label_ranks = masked_rank_normalised(label_distances, pair_keep, n_kept)
+        feature_ranks = masked_true_rank(similarities, interp_strength_lambda, pair_keep, n_kept)
         # Dropped entries already match (both rankings put them last, in the same order); the mask
         # states the intent and keeps it true whatever the ranking helpers do with them.
         diff = (feature_ranks - label_ranks) * pair_keep

@@ -213,7 +213,7 @@ def test_stsb_buckets_are_float32_histogram_bins():
 
 @pytest.mark.parametrize("bucket_start, chunk_elements", [(3, 1 << 19), (0, 1 << 19), (3, 20)])
 def test_update_running_stats_matches_loop(bucket_start, chunk_elements, monkeypatch):
-    monkeypatch.setattr(fds_module, "_CHUNK_ELEMENTS", chunk_elements)  # 20: 3 samples per chunk
+    monkeypatch.setattr(fds_module, "CHUNK_ELEMENTS", chunk_elements)  # 20: 3 samples per chunk
     gen = torch.Generator().manual_seed(1)
     fds, ref = make_pair(dim=6, bucket_num=14, bucket_start=bucket_start)
     feats, labels = age_batch(gen, 80, 6, 0, 18)  # below bucket_start and above bucket_num - 1 too

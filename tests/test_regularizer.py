@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from scipy.stats import chi2
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import ranksim.regularizer as regularizer_module
-from ranksim.regularizer import _flatten_inputs, _ranking_loss, batchwise_ranking_regularizer, reduce_ties
+from ranksim.regularizer import batchwise_ranking_regularizer, reduce_ties
 
-# The public function gathers kept samples on CPU; the masked (sync-free, accelerator) form is
-# reached through the private entry point so that CPU tests cover both.
+# On CPU the default form gathers the kept samples ("compact"); form="masked" forces the sync-free
+# form accelerators run, so that CPU tests cover both.
 PATHS = ["public", "masked"]
 
 
@@ -23,7 +22,7 @@ def regularizer_for(path):
         return batchwise_ranking_regularizer
 
     def masked(features, targets, lam, label_distance="l1"):
-        return _ranking_loss(*_flatten_inputs(features, targets), lam, compact=False, label_distance=label_distance)
+        return batchwise_ranking_regularizer(features, targets, lam, label_distance=label_distance, form="masked")
 
     return masked
 
@@ -433,14 +432,24 @@ def test_non_finite_targets_refused_naming_them(bad):
         reduce_ties(torch.randn(3, 4), targets[:, 1])
 
 
-def test_non_finite_targets_off_the_cpu_make_the_loss_nan(monkeypatch):
+def test_non_finite_targets_off_the_cpu_make_the_loss_nan():
     # Targets on an accelerator are not checked (that would wait for the device): meta tensors,
-    # which hold no values, pass; with the check switched off as it is there, NaN reaches the loss.
+    # which hold no values, pass. The masked form is what runs there and it never reads a value on
+    # the host, so on CPU it shows what happens to NaN targets on an accelerator: a NaN loss.
     loss = batchwise_ranking_regularizer(torch.randn(4, 3, device="meta"), torch.zeros(4, 2, device="meta"), 2.0)
     assert loss.shape == ()
-    monkeypatch.setattr(regularizer_module, "_check_finite_targets", lambda targets: False)
     targets = torch.tensor([1.0, float("nan"), 2.0, 3.0])
-    assert torch.isnan(batchwise_ranking_regularizer(torch.randn(4, 3), targets, 2.0))
+    assert torch.isnan(batchwise_ranking_regularizer(torch.randn(4, 3), targets, 2.0, form="masked"))
+    # Still on the CPU (a DataLoader's), the targets are checked for free whatever the features' device.
+    with pytest.raises(ValueError, match="non-finite"):
+        batchwise_ranking_regularizer(torch.randn(4, 3, device="meta"), targets, 2.0)
+
+
+def test_form_must_be_known_and_compact_checks_targets():
+    with pytest.raises(ValueError, match="form='fast' is not one of auto, masked, compact"):
+        batchwise_ranking_regularizer(torch.randn(3, 4), torch.arange(3.0), 2.0, form="fast")
+    with pytest.raises(ValueError, match="non-finite"):
+        batchwise_ranking_regularizer(torch.randn(3, 4), torch.tensor([1.0, float("inf"), 2.0]), 2.0, form="compact")
 
 
 def test_label_distance_must_be_known():
