@@ -33,7 +33,8 @@ matmul would dominate the cost). Any other device (CUDA, meta) takes the "masked
 bench/ run both on CPU.
 """
 import contextlib
-from typing import Optional, Tuple
+import functools
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,22 @@ from ranksim.ranking import TrueRanker, masked_rank_normalised, masked_true_rank
 LABEL_DISTANCES = ("l1", "l2")
 # How the regularizer computes (module docstring): "auto" = "compact" on CPU, "masked" elsewhere.
 FORMS = ("auto", "masked", "compact")
+
+
+def _eager_under_compile(function: Callable) -> Callable:
+    """``torch.compiler.disable(function)``, made on the first call instead of at import: the decorator
+    imports torch._dynamo, which costs about 1.3 s per process (every train.py, test subprocess and
+    DataLoader worker) that never compiles anything. Under torch.compile the call runs eagerly."""
+    disabled = None
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        nonlocal disabled
+        if disabled is None:
+            disabled = torch.compiler.disable(function)
+        return disabled(*args, **kwargs)
+
+    return call
 
 
 def _flatten_inputs(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +85,7 @@ def _flatten_inputs(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torc
     return features.reshape(batch, -1), targets
 
 
-@torch.compiler.disable  # a data-dependent check: run it eagerly rather than break the graph there
+@_eager_under_compile  # a data-dependent check: run it eagerly rather than break the graph there
 def _check_finite_targets(targets: torch.Tensor) -> None:
     """ValueError naming the first non-finite target (targets: as passed in, shape already validated).
 
@@ -102,7 +119,7 @@ def _label_similarities(targets: torch.Tensor, label_distance: str) -> torch.Ten
     return -(distances.sqrt() if squared else distances)
 
 
-@torch.compiler.disable
+@_eager_under_compile
 def _uniform_keys(batch: int, device: torch.device, generator: Optional[torch.Generator]) -> torch.Tensor:
     """B uniforms from torch's RNG (or ``generator``). Kept out of torch.compile graphs: compiled
     code would draw from the compiler's own random stream, so the tie draw (and the loss) would

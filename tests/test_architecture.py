@@ -4,6 +4,8 @@
   ``getattr(X, "_name")`` or ``monkeypatch.setattr(X, "_name", ...)`` on another project module (or on
   a name imported from one). What another module needs gets a public, documented name. Dunder names
   (``__version__``, ``__file__``) are public.
+* agedb-dir/train.py and imdb-wiki-dir/train.py are one program: identical outside their marked
+  dataset block, so a fix cannot reach one and miss the other.
 * No module-level mutable state: no ``global`` statement, and no module-level name (a table, a
   registry, a cache) changed after it is defined, neither by top-level code at import nor by a
   function later. Each table is built once, complete.
@@ -13,6 +15,7 @@ tracked file (the benchmark folders and scripts import their siblings by plain n
 import AgeDB``), or what ``load_folder_module`` returns in the tests.
 """
 import ast
+import re
 import subprocess
 from pathlib import Path
 from typing import Dict, Iterator, List, Set
@@ -246,3 +249,31 @@ def local_only(ROWS):
 '''
     found = sorted(module_state_changes(source), key=lambda finding: int(finding.split(":")[0]))
     assert [int(finding.split(":")[0]) for finding in found] == [6, 7, 11, 15], found
+
+
+# ------------------------------------------------------------------ one age program in two folders
+
+BLOCK = re.compile(r"^# ----- dataset block:.*?^# ----- end of the dataset block -----$", re.S | re.M)
+
+
+def without_dataset_block(path: Path) -> str:
+    text = path.read_text()
+    blocks = BLOCK.findall(text)
+    assert len(blocks) == 1, f"{path}: expected one marked dataset block, found {len(blocks)}"
+    return BLOCK.sub("# ----- dataset block -----", text)
+
+
+def test_the_two_age_programs_differ_only_in_their_dataset_block():
+    agedb = without_dataset_block(REPO / "agedb-dir" / "train.py").splitlines()
+    imdb = without_dataset_block(REPO / "imdb-wiki-dir" / "train.py").splitlines()
+    different = [f"line {i + 1}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(agedb, imdb)) if a != b]
+    assert not different and len(agedb) == len(imdb), (
+        "agedb-dir/train.py and imdb-wiki-dir/train.py differ outside the dataset block (make the same change in "
+        f"both): {different[:5]} (lengths {len(agedb)} / {len(imdb)})")
+
+
+def test_the_dataset_blocks_name_their_own_dataset():
+    agedb = BLOCK.search((REPO / "agedb-dir" / "train.py").read_text()).group(0)
+    imdb = BLOCK.search((REPO / "imdb-wiki-dir" / "train.py").read_text()).group(0)
+    assert "AgeDB as Dataset" in agedb and '"dataset": "agedb"' in agedb
+    assert "IMDBWIKI as Dataset" in imdb and '"dataset": "imdb_wiki"' in imdb
