@@ -2,9 +2,10 @@
 
   (a) RankSim regularizer forward + backward: the library vs the published per-row loop
       (bench/regularizer.py's loop_regularizer), D = 2048, AgeDB-like labels, B = 64 / 256 / 1024;
-  (b) ResNet-50 training step (ranksim.harness.loop.train_one_epoch on one batch, Adam, weighted L1) at
-      224 px: fp32 vs bf16 autocast + channels_last, each without and with RankSim (gamma 100,
-      lambda 2), B = 64 and 256 -> images/s, RankSim overhead, bf16 speed-up;
+  (b) ResNet-50 training step (agedb-dir/train.py's own train_one_epoch on a one-batch loader, i.e.
+      exactly what agedb-dir/train.py does per batch; Adam, weighted L1) at 224 px: fp32 vs
+      --amp bf16 --channels_last, each without and with RankSim (gamma 100, lambda 2), B = 64 and
+      256 -> images/s, RankSim overhead, bf16 speed-up;
   (c) data loading: images/s of the AgeDB-DIR train pipeline (JPEG decode, resize, crop, flip) from a
       generated JPEG folder (ranksim.harness.data.synthetic), pinned memory and persistent workers.
 
@@ -27,15 +28,15 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import AgeSteps  # noqa: E402
 from regularizer import loop_regularizer, make_batch  # noqa: E402  (the per-row loop, shared)
-from train_step import median_step_seconds, synchronize  # noqa: E402
+from train_step import RANKSIM_FLAGS, median_step_seconds, synchronize  # noqa: E402
 
-from ranksim.harness.loop import StepOptions, keep_float32, ranksim_regularizer, train_one_epoch  # noqa: E402
+from ranksim.harness.loop import keep_float32  # noqa: E402
 from ranksim.harness.models.resnet import resnet50  # noqa: E402
-from ranksim.losses import weighted_l1_loss  # noqa: E402
 from ranksim.regularizer import batchwise_ranking_regularizer  # noqa: E402
 
-GAMMA, LAMBDA = 100.0, 2.0
+LAMBDA = 2.0  # the paper's interpolation strength (RankSim's gamma and lambda of the step: train_step.RANKSIM_FLAGS)
 TARGETS = {"ranksim_overhead": 0.02, "library_vs_loop_at_256": 30.0, "bf16_speedup": 1.8}
 SECTIONS = ("regularizer", "step", "loader")
 
@@ -87,25 +88,19 @@ def bench_regularizer(device, sz, rows):
 # ------------------------------------------------------------------------------------------ (b)
 
 
-def make_amp_step(device, batch, img, ranksim: bool, bf16: bool):
-    """One ResNet-50 training step as train.py runs it (engine.train_one_epoch on one batch)."""
+def make_amp_step(steps, device, batch, img, ranksim: bool, bf16: bool):
+    """One ResNet-50 training step as agedb-dir/train.py runs it (its train_one_epoch on one batch),
+    with RankSim's flags and/or --amp bf16 --channels_last."""
     torch.manual_seed(0)
-    model = resnet50(return_encoding=ranksim).to(device)
-    options = StepOptions()
-    if bf16:
+    model = resnet50(return_encoding=True).to(device)  # the program's step takes (predictions, features)
+    if bf16:  # the model set-up main() does for these flags
         model = model.to(memory_format=torch.channels_last)
         keep_float32(model.linear)
-        options = StepOptions(amp_dtype=torch.bfloat16, channels_last=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
-    regularizer = ranksim_regularizer(GAMMA, LAMBDA) if ranksim else None
     data = [(torch.randn(batch, 3, img, img, device=device), torch.randint(0, 101, (batch, 1), device=device).float(),
              torch.ones(batch, 1, device=device))]
-
-    def step():
-        train_one_epoch(model, data, optimizer, weighted_l1_loss, device, epoch=0, regularizer=regularizer,
-                        show_progress=False, options=options)
-
-    return step
+    flags = (RANKSIM_FLAGS if ranksim else []) + (["--amp", "bf16", "--channels_last"] if bf16 else [])
+    return steps.make(model, optimizer, data, flags)
 
 
 def bench_step(device, sz, rows):
@@ -113,8 +108,10 @@ def bench_step(device, sz, rows):
                 "bf16cl+ranksim": (True, True)}
     for batch in sz["step_batches"]:
         try:
-            steps = {name: make_amp_step(device, batch, sz["img"], rs, bf) for name, (rs, bf) in variants.items()}
-            med = median_step_seconds(device, steps, sz["warmup"], sz["rounds"])
+            with AgeSteps(device) as program_steps:
+                steps = {name: make_amp_step(program_steps, device, batch, sz["img"], rs, bf)
+                         for name, (rs, bf) in variants.items()}
+                med = median_step_seconds(device, steps, sz["warmup"], sz["rounds"])
         except torch.cuda.OutOfMemoryError:
             rows.append(("b", f"ResNet-50 B={batch}", "out of GPU memory", "", ""))
             continue

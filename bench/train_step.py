@@ -1,11 +1,15 @@
 """Benchmark: ResNet-50 training-step throughput with and without RankSim.
 
-One step = forward (backbone + head), weighted L1 loss [+ gamma * RankSim on the 2048-d pooled
-features], backward, Adam step, i.e. exactly what ranksim/harness/loop.py does per batch. Three variants:
+One step = one call of agedb-dir/train.py's own train_one_epoch on a one-batch loader: forward
+(backbone + head), weighted L1 loss [+ gamma * RankSim on the 2048-d pooled features], backward, the
+loss check, Adam step, i.e. exactly what agedb-dir/train.py does per batch (bench/common.py loads the
+program and builds what its main() would pass). Three variants:
 
-  none     the regularizer off (the model returns only the prediction)
-  library  ranksim.regularizer.batchwise_ranking_regularizer (vectorised)
-  loop     the published per-row loop (re-written in bench/regularizer.py), swapped in
+  none     --regularization_weight 0 (the program's default: RankSim off)
+  library  --regularization_weight 100 --interpolation_lambda 2: the program's RankSim line, i.e.
+           ranksim.regularizer.batchwise_ranking_regularizer (vectorised)
+  loop     the same flags with the published per-row loop (re-written in bench/regularizer.py)
+           swapped into the program's RankSim line
 
 Labels are AgeDB-like integer ages (0-100, so ties are reduced as in real batches); inputs are random
 tensors (no data loading). Prints images/s and each RankSim variant's overhead over "none" measured
@@ -24,13 +28,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import AgeSteps, load_age_program  # noqa: E402
 from regularizer import loop_regularizer  # noqa: E402  (the per-row reference, shared with bench/regularizer.py)
 
-from ranksim.harness.loop import ranksim_regularizer, train_one_epoch  # noqa: E402
 from ranksim.harness.models.resnet import resnet50  # noqa: E402
-from ranksim.losses import weighted_l1_loss  # noqa: E402
+from ranksim.regularizer import batchwise_ranking_regularizer  # noqa: E402
 
 GAMMA, LAMBDA = 100.0, 2.0  # the paper's AgeDB-DIR settings
+RANKSIM_FLAGS = ["--regularization_weight", str(GAMMA), "--interpolation_lambda", str(LAMBDA)]
 TARGET_OVERHEAD = 0.02
 VARIANTS = ("none", "library", "loop")
 
@@ -40,28 +45,32 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def make_step(device, batch_size, img_size, variant):
+def published_loop(features, targets, interpolation_lambda, generator=None):
+    """The per-row loop with the library function's signature. ``generator`` is GlobalBatch's, None on
+    one process; the loop draws its tie picks from torch's global RNG, as the library then does."""
+    return loop_regularizer(features, targets, interpolation_lambda)
+
+
+def loop_program():
+    """A copy of agedb-dir/train.py of its own in which the RankSim line calls the published loop: its
+    module-level name batchwise_ranking_regularizer is rebound. Only the "loop" variant runs this
+    copy; the other variants run an unpatched one."""
+    program = load_age_program()
+    program.batchwise_ranking_regularizer = published_loop  # patched in this copy only: the "loop" variant
+    return program
+
+
+def make_step(steps, device, batch_size, img_size, variant, program=None):
     """A function running one training step of the given variant on its own model and batch."""
     torch.manual_seed(0)
-    model = resnet50(return_encoding=variant != "none").to(device)
+    # In training the program's step takes (predictions, features) from the model, RankSim on or off.
+    model = resnet50(return_encoding=True).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=2.5e-4)
-    if variant == "library":
-        regularizer = ranksim_regularizer(GAMMA, LAMBDA)
-    elif variant == "loop":
-        def regularizer(features, targets):
-            return GAMMA * loop_regularizer(features, targets, LAMBDA)
-    else:
-        regularizer = None
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
     labels = torch.randint(0, 101, (batch_size, 1), device=device).float()
     weights = torch.ones(batch_size, 1, device=device)
-    batch = [(images, labels, weights)]
-
-    def step():
-        train_one_epoch(model, batch, optimizer, weighted_l1_loss, device, epoch=0, regularizer=regularizer,
-                        show_progress=False)
-
-    return step
+    return steps.make(model, optimizer, [(images, labels, weights)], [] if variant == "none" else RANKSIM_FLAGS,
+                      program=program)
 
 
 def median_step_seconds(device, steps_by_variant, warmup, rounds):
@@ -86,7 +95,7 @@ def check_loop_matches_library(device):
     torch.manual_seed(0)
     feats = torch.randn(64, 2048, device=device)
     labels = torch.randperm(64, device=device).float().reshape(-1, 1)
-    lib = ranksim_regularizer(1.0, LAMBDA)(feats, labels)
+    lib = batchwise_ranking_regularizer(feats, labels, LAMBDA)
     loop = loop_regularizer(feats, labels, LAMBDA)
     if not torch.allclose(lib, loop, rtol=1e-4, atol=1e-5):
         sys.exit(f"library ({lib.item():.6f}) and loop ({loop.item():.6f}) regularizers disagree")
@@ -116,19 +125,22 @@ def main():
 
     print(f"{'B':>5} {'variant':>8} {'ms/step':>9} {'images/s':>9} {'overhead':>9}")
     failed = False
-    for batch_size in batch_sizes:
-        steps_by_variant = {v: make_step(device, batch_size, img_size, v) for v in VARIANTS}
-        medians = median_step_seconds(device, steps_by_variant, warmup, steps)
-        del steps_by_variant
-        if cuda:
-            torch.cuda.empty_cache()
-        base = medians["none"]
-        for variant in VARIANTS:
-            median = medians[variant]
-            overhead = "" if variant == "none" else f"{(median / base - 1) * 100:+8.1f}%"
-            if variant == "library" and cuda and median / base - 1 > TARGET_OVERHEAD:
-                failed = True
-            print(f"{batch_size:>5} {variant:>8} {median * 1e3:>9.1f} {batch_size / median:>9.1f} {overhead:>9}")
+    with AgeSteps(device) as program_steps:
+        programs = {"loop": loop_program()}  # the other variants run program_steps' unpatched copy
+        for batch_size in batch_sizes:
+            steps_by_variant = {v: make_step(program_steps, device, batch_size, img_size, v, programs.get(v))
+                                for v in VARIANTS}
+            medians = median_step_seconds(device, steps_by_variant, warmup, steps)
+            del steps_by_variant
+            if cuda:
+                torch.cuda.empty_cache()
+            base = medians["none"]
+            for variant in VARIANTS:
+                median = medians[variant]
+                overhead = "" if variant == "none" else f"{(median / base - 1) * 100:+8.1f}%"
+                if variant == "library" and cuda and median / base - 1 > TARGET_OVERHEAD:
+                    failed = True
+                print(f"{batch_size:>5} {variant:>8} {median * 1e3:>9.1f} {batch_size / median:>9.1f} {overhead:>9}")
     if cuda:
         print(f"target: library overhead <= {TARGET_OVERHEAD:.0%}: {'MISSED' if failed else 'met'}")
 

@@ -1,11 +1,11 @@
-"""One epoch of training, prediction over a split, and the FDS statistics pass (docs/published_behaviour.md §1.6, §3).
+"""The pieces the programs' training loops are made of: the step options (mixed precision,
+channels_last), the loss check, train mode, the progress bar, prediction over a split, the FDS
+statistics pass (docs/published_behaviour.md §1.6, §3) and STS-B's RankSim callable.
 
-These functions know nothing about argparse or files: ``age_train.py`` wires them together.
-The feature regularizer is passed in as one callable ``regularizer(features [B, D], targets [B, 1])
--> scalar`` so that a distributed run can swap in a version that gathers the global batch first
-(ranksim.distributed.GatheredRankSim). Speed options (mixed precision, channels_last) and the
-distributed loss reduction come in one :class:`StepOptions`; its defaults are the paper's fp32 step,
-which runs exactly as it did before those options existed.
+These functions know nothing about argparse or files. The training step itself is not here: it is
+``train_one_epoch`` in agedb-dir/train.py (and imdb-wiki-dir/train.py), where the paper's loss lines
+are read. Speed options and the distributed loss reduction come in one :class:`StepOptions`; its
+defaults are the paper's fp32 step, which runs exactly as it did before those options existed.
 """
 import contextlib
 import math
@@ -174,86 +174,6 @@ def progress(iterable: Iterable, desc: str, show: bool) -> tqdm:
     environment variable also hides it (explicit ``disable=`` would override that, so it is not passed)."""
     kwargs = {} if show else {"disable": True}
     return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, **kwargs)
-
-
-def _to_device(batch, device: torch.device):
-    return [t.to(device, non_blocking=True) for t in batch]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[..., torch.Tensor],
-    device: torch.device,
-    epoch: int,
-    regularizer: Optional[FeatureRegularizer] = None,
-    frozen_backbone: bool = False,
-    show_progress: bool = True,
-    desc: str = "train",
-    log_every: int = 0,
-    log_fn: Optional[Callable[[str], None]] = None,
-    options: Optional[StepOptions] = None,
-    loss_limit: float = EXPLODING_LOSS,
-    view_loss: Optional[Callable[..., torch.Tensor]] = None,
-) -> dict:
-    """Train ``model`` for one pass over ``loader`` (batches of (images, labels [B,1], weights [B,1])).
-
-    loss = loss_fn(pred, labels, weights) [+ regularizer(encoding, labels)]. Returns
-    {"loss": mean total loss, "reg": mean regularizer term (0 when off)} over the samples.
-    Raises DivergenceError on a NaN/inf loss or one above ``loss_limit`` before the optimizer step that
-    would apply it.
-    log_fn(line) is called with the running loss every ``log_every`` iterations (0: never).
-    options: mixed precision / channels_last / distributed loss reduction (default: plain fp32).
-    view_loss: an extra term on augmented views (ConR, Rank-N-Contrast; ranksim.harness.comparators), called as
-        view_loss(model, views [B, 2, ...], labels, weights); the views are the batch's 4th entry, or the
-        images themselves for a batch of three. loss_fn None: no regression term (Rank-N-Contrast stage 1).
-    """
-    options = options or StepOptions()
-    scaler = options.scaler
-    set_train_mode(model, frozen_backbone)
-    total_loss = total_reg = 0.0
-    seen = 0
-    bar = progress(loader, desc, show_progress)
-    for step, batch in enumerate(bar):
-        images, labels, weights, *views = _to_device(batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        with options.autocast(device):
-            loss, reg = labels.new_zeros(()), None
-            if loss_fn is not None:
-                images = options.images(images)
-                output = model(images, labels, epoch)
-                pred, encoding = output if isinstance(output, tuple) else (output, None)
-                loss = loss_fn(pred.float(), labels, weights)  # .float(): a no-op in fp32
-                if regularizer is not None:
-                    reg = regularizer(encoding, labels)
-                    loss = loss + reg
-            if view_loss is not None:
-                loss = loss + view_loss(model, views[0] if views else images, labels, weights)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        # The one host sync of the step, placed after backward so a GPU has the whole forward and
-        # backward queued; the parameters are still untouched if the loss is bad.
-        checked = loss.detach() if options.reduce_loss is None else options.reduce_loss(loss.detach())
-        value = checked.item()
-        if not math.isfinite(value) or abs(value) > loss_limit:
-            bar.close()
-            raise DivergenceError(f"training diverged at epoch {epoch + 1}, step {step + 1}: loss = {value:.4g}")
-        if scaler is not None:  # fp16: skips the step if the scaled gradients overflowed
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-
-        n = labels.shape[0]
-        seen += n
-        total_loss += value * n
-        if reg is not None:  # kept on the device: one host sync per step (the loss check) is enough
-            total_reg = total_reg + reg.detach() * n
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
-        if log_fn is not None and log_every > 0 and (step + 1) % log_every == 0:
-            log_fn(f"{desc} [{step + 1}/{len(loader)}] running loss {total_loss / seen:.4f}")
-    bar.close()
-    return {"loss": total_loss / max(seen, 1), "reg": float(total_reg) / max(seen, 1)}
 
 
 @torch.no_grad()
