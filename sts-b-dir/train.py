@@ -44,7 +44,6 @@ from datasets import (
 from loss import get_loss
 from models import HEAD_NAME, STSBModel
 from ranking import batchwise_ranking_regularizer
-from tqdm import tqdm
 
 from ranksim.bins import Binning
 from ranksim.harness.checkpoint import load_checkpoint, load_model_state, state_dict_of, unwrap_model
@@ -66,8 +65,9 @@ from ranksim.harness.loop import (
     make_step_options,
     update_fds_statistics,
 )
-from ranksim.harness.run import seed_everything, select_device
-from ranksim.harness.stsb_flags import build_parser, check_flags
+from ranksim.harness.loop import progress as progress_bar
+from ranksim.harness.run import restore_random_state, restore_training, seed_everything, select_device
+from ranksim.harness.stsb_flags import check_args, parse_args
 from ranksim.harness.stsb_run import (
     SCORE_SCALE,
     Progress,
@@ -76,7 +76,7 @@ from ranksim.harness.stsb_run import (
     log_setup,
     open_run,
     predict_scores,
-    restore_training_state,
+    resumed_progress,
     test_metrics,
     write_test_results,
     write_vocab,
@@ -89,8 +89,8 @@ FOCAL_BETA = 20.0  # Focal-R's beta on STS-B as published (the age datasets use 
 def main(argv=None) -> Dict:
     """Parse and check the flags, join the torchrun process group if there is one, run. A user error
     stops every rank; only rank 0 prints it."""
-    args = build_parser().parse_args(argv)
-    return run_on_every_rank(lambda ctx: run_program(args, argv, ctx), check=lambda: check_flags(args, argv),
+    args = parse_args(argv)
+    return run_on_every_rank(lambda ctx: run_program(args, argv, ctx), check=lambda: check_args(args, argv),
                              batch_size=args.batch_size, gpu=args.gpu, select_device=select_device)
 
 
@@ -111,7 +111,7 @@ def run_program(args, argv, ctx) -> Dict:
         model = build_model(args, vocab, embeddings, fds=args.fds and not args.evaluate).to(ctx.device)
         if options.amp_dtype is not None:
             keep_float32(model.head)
-        if checkpoint is not None:
+        if checkpoint is not None and not args.resume:  # --resume restores everything below, with the optimizer
             load_weights(model, args, checkpoint, source)
         if args.retrain_fc:
             freeze_all_but_head(model, head_prefix=HEAD_NAME + ".")
@@ -127,11 +127,15 @@ def run_program(args, argv, ctx) -> Dict:
         comparator.add_sigma_group(optimizer, args.bmse_sigma_lr)
         if ctx.is_main:
             comparator.save_prior(run.dir)
-        progress = Progress()
-        if args.resume:
-            progress = restore_training_state(args, run, optimizer, comparator, checkpoint, options)
         run.log(f"training {sum(p.numel() for p in model.parameters() if p.requires_grad):,} parameters; "
                 f"{args.val_interval} iterations per check, at most {args.max_vals} checks")
+        progress = Progress()
+        if args.resume:
+            checkpoint = restore_training(args.resume, model, optimizer, options.scaler)
+            comparator.restore(checkpoint, args.resume)
+            progress = resumed_progress(run, checkpoint, args.resume)
+            # Last before the first batch: nothing may draw from the restored random streams first.
+            restore_random_state(checkpoint, ctx, args.random_seed, progress.iteration)
         train(args, run, wrap_model(model, ctx), optimizer, progress, data, vocab, ctx, options, comparator)
         best = run.load_best(model)
         run.log(f"best checkpoint: iteration {progress.best_iteration}, val mse {progress.best_val_mse:.4f}")
@@ -153,8 +157,7 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
     while len(progress.val_history) < args.max_vals:
         model.train()  # RRT too: the frozen encoder has no BatchNorm, only dropout (as in training)
         loss_sum, ranksim_sum = 0.0, 0.0  # ranksim_sum stays on the device: one host sync per step is enough
-        bar = tqdm(range(args.val_interval), desc=f"check {len(progress.val_history) + 1}", leave=False,
-                   disable=not show, dynamic_ncols=True)
+        bar = progress_bar(range(args.val_interval), f"check {len(progress.val_history) + 1}", show)
         for step in bar:
             global_indices = batches[progress.batch_in_epoch]
             indices, sizes = rank_share(global_indices, ctx)
@@ -215,19 +218,14 @@ def train_step(model, batch, optimizer, weighted_loss, global_batch, args, epoch
             loss = loss + ranksim
         if view_loss is not None:  # ConR on two dropout draws of the batch (ranksim.harness.comparators)
             loss = loss + view_loss(model, inputs, targets, weights)
-    scaler = options.scaler
-    (scaler.scale(loss) if scaler is not None else loss).backward()
+    options.backward(loss)
+    # The step's one host sync, after backward (why: loop.checked_loss); the weights are still untouched.
     value = checked_loss(loss, exploding_loss_limit(args.published_quirks), f"{where} (epoch {epoch + 1})",
                          options.reduce_loss)
     if args.max_grad_norm > 0:
-        if scaler is not None:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        options.unscale(optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.max_grad_norm)
-    if scaler is not None:  # fp16: skips the step if the scaled gradients overflowed
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    options.step(optimizer)
     return value, ranksim.detach()
 
 

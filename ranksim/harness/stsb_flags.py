@@ -1,9 +1,9 @@
-"""The command line of ``sts-b-dir/train.py``: its flags, their checks, and the run name they give.
+"""The command line of ``sts-b-dir/train.py``: flags, checks, names.
 
-Nothing here trains: :func:`build_parser` defines the flags (the published names and defaults,
-docs/published_behaviour.md §8), :func:`check_flags` turns a combination that cannot work into a
-one-line :class:`~ranksim.harness.cli.UserError` before anything is read or written, and
-:func:`run_name` names a run's directory after the settings that tell runs apart.
+    args = parse_args(argv)        # the published flags (docs/published_behaviour.md §8); a bare --resume named
+    check_args(args, argv)         # one-line UserErrors; --resume/--evaluate adopt the checkpoint's model flags
+
+:func:`run_name` is the run-directory name the program uses without --store_name.
 """
 import argparse
 import time
@@ -99,13 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_flags(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
-    """Everything about the flags, before any file is written: a bare --resume names its checkpoint,
-    --evaluate / --resume take the model's settings from the checkpoint, then :func:`check_args`.
-    argv: the command line ``args`` was parsed from (None: sys.argv[1:]), to tell which flags were given."""
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The parsed flags; a bare --resume (the published form) already names its checkpoint."""
+    args = build_parser().parse_args(argv)
     resolve_resume_by_name(args)
+    return args
+
+
+def check_args(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
+    """Take the model-defining flags from the --evaluate / --resume checkpoint, then refuse what cannot
+    work (UserError). argv: the command line ``args`` was parsed from, to tell which flags were given."""
     adopt_checkpoint_settings(args, explicit_flags(build_parser, argv))
-    check_args(args)
+    check_flag_values(args)
 
 
 def resolve_resume_by_name(args: argparse.Namespace) -> None:
@@ -118,10 +123,8 @@ def resolve_resume_by_name(args: argparse.Namespace) -> None:
     args.resume = str(Path(args.store_root) / args.store_name / CKPT_NAME)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Flag combinations that cannot work -> UserError naming the flag (a bare --resume is resolved
-    to its checkpoint path first)."""
-    resolve_resume_by_name(args)
+def check_flag_values(args: argparse.Namespace) -> None:
+    """UserError (one line: flag, value, fix) for flag combinations that cannot work."""
     check_positive(args, ("lr", "max_seq_len", "max_word_v_size", "d_word", "d_hid", "n_layers_enc", "batch_size",
                           "val_interval", "max_vals"))
     if args.patience < 0:

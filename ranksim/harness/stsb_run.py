@@ -1,6 +1,6 @@
 """The bookkeeping of an ``sts-b-dir/train.py`` run, none of it research logic: which run directory
 (:func:`open_run`), where training stands (:class:`Progress`), what a checkpoint holds and how
---resume restores it (:func:`checkpoint_state`, :func:`restore_training_state`), the log lines, and
+--resume continues from it (:func:`checkpoint_state`, :func:`resumed_progress`), the log lines, and
 the evaluation protocol with its output files (:func:`predict_scores`, :func:`test_metrics`,
 :func:`write_test_results`, vocab.txt).
 
@@ -14,17 +14,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ranksim.harness.checkpoint import (
-    atomic_write,
-    capture_rng_state,
-    load_optimizer_state,
-    make_checkpoint,
-    restore_rng_state,
-)
+from ranksim.harness.checkpoint import atomic_write, capture_rng_state, make_checkpoint
 from ranksim.harness.comparators import Comparator
-from ranksim.harness.distributed import DistContext, gather_predictions
-from ranksim.harness.loop import StepOptions, predict
-from ranksim.harness.run import Run, seed_everything
+from ranksim.harness.distributed import DistContext
+from ranksim.harness.loop import StepOptions, predict_split
+from ranksim.harness.run import SCALER_KEY, Run
 from ranksim.harness.stsb_flags import DATASET, run_name
 from ranksim.metrics import format_metrics_table, per_label_mae, regression_metrics, stsb_shot_groups
 from ranksim.weighting import stsb_bin_of
@@ -32,7 +26,6 @@ from ranksim.weighting import stsb_bin_of
 SCORE_SCALE = 5.0  # the model predicts score / 5, as published; metrics and files are on the 0-5 scale
 GM_EPS = 1e-10  # STS-B: absolute errors equal to 0 become 1e-10 before the geometric mean (docs/published_behaviour.md §5)
 ARCH = "sts-b-bilstm"  # the checkpoint's "model" entry
-SCALER_KEY = "scaler"  # extra checkpoint key: the fp16 GradScaler state (--amp fp16)
 
 
 def open_run(args: argparse.Namespace, ctx: DistContext) -> Run:
@@ -89,21 +82,12 @@ def checkpoint_state(model, optimizer, progress: Progress, args: argparse.Namesp
                            extra=extra)
 
 
-def restore_training_state(args: argparse.Namespace, run: Run, optimizer, comparator: Comparator, checkpoint: dict,
-                           options: StepOptions) -> Progress:
-    """--resume: optimizer, Balanced MSE, loss scaler, progress and random state as the checkpoint saved
-    them (the weights are the model's business); logs where training goes on."""
-    load_optimizer_state(optimizer, checkpoint, args.resume)
-    comparator.restore(checkpoint, args.resume)
-    if options.scaler is not None and SCALER_KEY in checkpoint:
-        options.scaler.load_state_dict(checkpoint[SCALER_KEY])
+def resumed_progress(run: Run, checkpoint: dict, path: str) -> Progress:
+    """--resume ``path``: where training stands after the checkpoint (the best score to beat only when
+    this run directory holds its best checkpoint, see Run.resumed_best); logs where training goes on."""
     progress = Progress.from_checkpoint(checkpoint)
     progress.best_val_mse = run.resumed_best(progress.best_val_mse)
-    if run.ctx.distributed:  # each rank its own dropout stream (the batches follow from seed and epoch)
-        seed_everything(args.random_seed + run.ctx.rank + 1009 * progress.iteration)
-    else:
-        restore_rng_state(checkpoint["rng"])
-    run.log(f"resumed from {args.resume}: iteration {progress.iteration}, "
+    run.log(f"resumed from {path}: iteration {progress.iteration}, "
             f"{len(progress.val_history)} checks done, best val mse {progress.best_val_mse:.4f}")
     return progress
 
@@ -144,8 +128,7 @@ def predict_scores(model, loader, ctx: DistContext, options: StepOptions, show: 
                    desc: str) -> Tuple[np.ndarray, np.ndarray]:
     """(predicted scores = model output * 5, true scores), float64 [N] each, unclipped, in dataset
     order; under torchrun each rank predicts its shard and gets the whole split back."""
-    preds, scores = predict(model, loader, ctx.device, show_progress=show, desc=desc, options=options)
-    preds, scores = gather_predictions(preds, scores, loader.sampler, len(loader.dataset), ctx)
+    preds, scores = predict_split(model, loader, ctx, options, show, desc)
     return preds * SCORE_SCALE, scores
 
 
