@@ -17,8 +17,7 @@ from ranksim.harness.cli import UserError
 from ranksim.harness.distributed import DistContext, GlobalBatch
 from ranksim.harness.loop import DivergenceError, StepOptions, exploding_loss_limit
 from ranksim.harness.stsb_flags import build_parser as stsb_parser
-from ranksim.harness.stsb_flags import check_flag_values as stsb_check_flag_values
-from ranksim.harness.stsb_flags import parse_args as stsb_parse_args
+from ranksim.harness.stsb_flags import resolve_resume_by_name
 from ranksim.losses import get_loss, published_age_loss
 from ranksim.ranking import rank_normalised
 from ranksim.weighting import label_weights
@@ -300,17 +299,18 @@ def test_bare_resume_continues_the_run_named_by_store_name(tmp_path, argv_tail):
     ckpt = tmp_path / "myrun" / "ckpt.pth.tar"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"placeholder")
-    args = stsb_parse_args(["--store_root", str(tmp_path), "--store_name", "myrun"] + argv_tail)
-    stsb_check_flag_values(args)
+    args = stsb_parser().parse_args(["--store_root", str(tmp_path), "--store_name", "myrun"] + argv_tail)
+    resolve_resume_by_name(args)
     assert args.resume == str(ckpt)
-    path_form = stsb_parse_args(["--resume", str(ckpt)])
-    stsb_check_flag_values(path_form)
+    path_form = stsb_parser().parse_args(["--resume", str(ckpt)])
+    resolve_resume_by_name(path_form)
     assert path_form.resume == str(ckpt)
 
 
 def test_bare_resume_without_store_name_is_a_one_line_error():
+    args = stsb_parser().parse_args(["--resume"])
     with pytest.raises(UserError, match=r"--resume without a checkpoint continues the run named by --store_name"):
-        stsb_parse_args(["--resume"])
+        resolve_resume_by_name(args)
 
 
 def test_help_documents_both_resume_forms_and_the_quirks_flag():

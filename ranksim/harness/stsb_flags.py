@@ -1,7 +1,8 @@
 """The command line of ``sts-b-dir/train.py``: flags, checks, names.
 
-    args = parse_args(argv)        # the published flags (docs/published_behaviour.md §8); a bare --resume named
-    check_args(args, argv)         # one-line UserErrors; --resume/--evaluate adopt the checkpoint's model flags
+    args = parse_args(argv)        # the published flags (docs/published_behaviour.md §8)
+    check_args(args, argv)         # one-line UserErrors; a bare --resume named; --resume/--evaluate adopt the
+                                   # checkpoint's model flags
 
 :func:`run_name` is the run-directory name the program uses without --store_name.
 """
@@ -100,15 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """The parsed flags; a bare --resume (the published form) already names its checkpoint."""
-    args = build_parser().parse_args(argv)
-    resolve_resume_by_name(args)
-    return args
+    """The parsed flags (a bare --resume is True until :func:`check_args` names its checkpoint)."""
+    return build_parser().parse_args(argv)
 
 
 def check_args(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
-    """Take the model-defining flags from the --evaluate / --resume checkpoint, then refuse what cannot
-    work (UserError). argv: the command line ``args`` was parsed from, to tell which flags were given."""
+    """Name the checkpoint of a bare --resume, take the model-defining flags from the --evaluate /
+    --resume checkpoint, then refuse what cannot work (UserError). argv: the command line ``args`` was
+    parsed from, to tell which flags were given."""
+    resolve_resume_by_name(args)
     adopt_checkpoint_settings(args, explicit_flags(build_parser, argv))
     check_flag_values(args)
 
