@@ -4,12 +4,11 @@
     python bench/stsb_step.py --quick    # a few iterations at a tiny size (smoke run)
 
 Each row times ``train.train_step`` (forward, loss, RankSim on the 8*d_hid pair features, backward,
-gradient clipping, Adam step) on the same pre-built batches of random token ids with STS-B-like
+the divergence check, gradient clipping, Adam step) on the same pre-built batches of random token ids with STS-B-like
 sentence lengths (5-30 tokens), after warm-up iterations; CUDA is synchronised around the timed
 loop. The ratio column is relative to the vanilla row measured in the same run.
 """
 import argparse
-import functools
 import importlib.util
 import sys
 import time
@@ -17,13 +16,18 @@ from pathlib import Path
 
 import torch
 
+from ranksim.harness.distributed import DistContext, GlobalBatch
+from ranksim.harness.loop import StepOptions
+from ranksim.harness.stsb_flags import build_parser
+
 STSB_DIR = Path(__file__).resolve().parents[1] / "sts-b-dir"
+SIBLINGS = ("datasets", "models", "loss", "ranking")  # sts-b-dir's modules that train.py imports by plain name
 
 
 def _load_stsb(name: str):
     """Import sts-b-dir/<name>.py as module stsb_<name>. train.py imports its siblings by plain name
-    (datasets, models): other modules of those names are set aside meanwhile and put back after."""
-    before = {sibling: sys.modules.pop(sibling) for sibling in ("datasets", "models") if sibling in sys.modules}
+    (SIBLINGS): other modules of those names are set aside meanwhile and put back after."""
+    before = {sibling: sys.modules.pop(sibling) for sibling in SIBLINGS if sibling in sys.modules}
     sys.path.insert(0, str(STSB_DIR))
     try:
         spec = importlib.util.spec_from_file_location(f"stsb_{name}", STSB_DIR / f"{name}.py")
@@ -32,7 +36,7 @@ def _load_stsb(name: str):
         return module
     finally:
         sys.path.remove(str(STSB_DIR))
-        for sibling in ("datasets", "models"):
+        for sibling in SIBLINGS:
             sys.modules.pop(sibling, None)
         sys.modules.update(before)
 
@@ -52,19 +56,21 @@ def make_batches(num_batches: int, batch_size: int, vocab_size: int, generator: 
     return batches
 
 
-def time_steps(train, model, batches, device, regularizer, warmup: int, iters: int, epoch: int = 0) -> float:
-    """Iterations per second of train.train_step over ``iters`` batches (after ``warmup``); epoch >= 1
-    makes FDS smooth the features."""
-    loss_fn = train.get_loss("mse")
+def time_steps(train, model, batches, device, flags, warmup: int, iters: int, epoch: int = 0) -> float:
+    """Iterations per second of train.train_step with train.py's ``flags`` over ``iters`` batches (after
+    ``warmup``); epoch >= 1 makes FDS smooth the features."""
+    args = build_parser().parse_args(flags)
+    loss_fn = train.stsb_loss(args)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2.5e-4, weight_decay=1e-5)
+    global_batch, options = GlobalBatch(DistContext(device=device)), StepOptions()
     model.train()
     for i in range(warmup):
-        train.train_step(model, batches[i % len(batches)], optimizer, loss_fn, regularizer, device, epoch, 5.0)
+        train.train_step(model, batches[i % len(batches)], optimizer, loss_fn, global_batch, args, epoch, options)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for i in range(iters):
-        train.train_step(model, batches[i % len(batches)], optimizer, loss_fn, regularizer, device, epoch, 5.0)
+        train.train_step(model, batches[i % len(batches)], optimizer, loss_fn, global_batch, args, epoch, options)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return iters / (time.perf_counter() - start)
@@ -94,16 +100,14 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"STS-B-DIR training step on {name}: d_hid {d_hid}, d_word {d_word}, batch {batch_size}, "
           f"features {8 * d_hid}, {iters} timed iterations after {warmup} warm-up")
-    ranksim = functools.partial(train.make_ranksim_regularizer, 3e-4, 2.0)
-    rows = [("vanilla", False, None), ("RankSim (gamma 3e-4, lambda 2)", False, ranksim),
+    ranksim = ["--regularization_weight", "3e-4", "--interpolation_lambda", "2"]
+    rows = [("vanilla", False, []), ("RankSim (gamma 3e-4, lambda 2)", False, ranksim),
             ("FDS (smoothing on) + RankSim", True, ranksim)]
     results = []
-    for label, fds, make_regularizer in rows:
+    for label, fds, flags in rows:
         torch.manual_seed(0)
-        model = models.STSBModel(vocab_size, d_word=d_word, d_hid=d_hid, fds=fds,
-                                 return_features=make_regularizer is not None).to(device)
-        regularizer = make_regularizer() if make_regularizer else None
-        results.append((label, time_steps(train, model, batches, device, regularizer, warmup, iters, epoch=1 if fds else 0)))
+        model = models.STSBModel(vocab_size, d_word=d_word, d_hid=d_hid, fds=fds, return_features=True).to(device)
+        results.append((label, time_steps(train, model, batches, device, flags, warmup, iters, epoch=1 if fds else 0)))
         del model
     reference = results[0][1]
     print(f"{'configuration':<34}{'it/s':>10}{'vs vanilla':>12}")

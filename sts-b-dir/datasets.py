@@ -3,9 +3,11 @@
 Pipeline (train.py calls these in order):
     splits = load_splits(data_dir, max_seq_len)            # {"train"|"val"|"test": PairSplit}
     vocab = build_vocab(splits, max_word_v_size)           # list of words, index = position
-    emb = load_glove_matrix(glove_path, vocab, d_word, seed)  # float32 [len(vocab), d_word]
+    emb = initial_embeddings(vocab, d_word, seed, glove)   # float32 [len(vocab), d_word] (GloVe or N(0, 1))
     data = PairDataset(splits["train"], vocab, weights)    # items (ids1, ids2, score, weight)
+    batches = rank_batches(len(data), batch_size, seed, epoch, world_size)  # one epoch's index batches
     inputs, scores, weights = collate_pairs([data[i] for i in ...])  # PairInputs (padded) + [B, 1]s
+    loader = eval_loader(dataset, ctx)                     # in-order prediction batches (this rank's shard)
 
 Tokenization. The published code used NLTK's ``word_tokenize``, which first splits a text into
 sentences with the ``punkt`` model (an NLTK *data* download) and then runs NLTK's Treebank-style word
@@ -23,13 +25,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from nltk.tokenize import word_tokenize
 
 from ranksim.harness.cli import UserError
+from ranksim.harness.distributed import DistContext, split_sizes
 
 PADDING = "@@PADDING@@"  # index 0: all-zero embedding, masked out of the LSTM and the pooling
 UNKNOWN = "@@UNKNOWN@@"  # index 1: every word outside the vocabulary
@@ -169,6 +172,20 @@ def vocab_fingerprint(vocab: Sequence[str]) -> str:
     """sha256 (hex, 16 chars) of the word list; identifies a vocabulary in caches and checkpoints."""
     digest = hashlib.sha256("\n".join(vocab).encode("utf-8"))
     return digest.hexdigest()[:16]
+
+
+def checkpoint_vocab_check(checkpoint: dict, vocab: Sequence[str], source: str) -> Optional[str]:
+    """Our checkpoints record the vocabulary's fingerprint: refuse one built from other data (UserError).
+    Returns a note to log for a checkpoint that records none (a published one), else None."""
+    saved = checkpoint.get("vocab_fingerprint")
+    if saved is None:
+        return (f"note: {source} records no vocabulary (e.g. a published model_state_best.th); it must have been "
+                "trained on these data files with the same --max_seq_len / --max_word_v_size")
+    if saved != vocab_fingerprint(vocab):
+        raise UserError(
+            f"{source}: trained with another vocabulary (fingerprint {saved}, this data gives "
+            f"{vocab_fingerprint(vocab)}); use the --data_dir, --max_seq_len and --max_word_v_size it was trained with")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- GloVe
@@ -314,6 +331,19 @@ def load_glove_matrix(
     return torch.from_numpy(matrix), int(found.sum())
 
 
+def initial_embeddings(vocab: Sequence[str], d_word: int, seed: int, glove_path: Optional[str],
+                       log: Callable[[str], None] = print) -> torch.Tensor:
+    """The embedding matrix a fresh model starts from, float32 [len(vocab), d_word]: GloVe (glove_path,
+    see load_glove_matrix) or, with glove_path None (--glove 0), N(0, 1) rows; the padding row zero either way."""
+    if glove_path is not None:
+        matrix, found = load_glove_matrix(glove_path, vocab, d_word, seed, log=log)
+        log(f"GloVe: {found} of {len(vocab)} vocabulary entries found; the others are N(0, 1)")
+        return matrix
+    matrix = torch.randn(len(vocab), d_word, generator=torch.Generator().manual_seed(seed))
+    matrix[PAD_INDEX] = 0.0
+    return matrix
+
+
 def _save_cache(cache_path: Path, vectors: np.ndarray, found: np.ndarray, log) -> None:
     """Write the cache atomically (temp file + rename); a read-only GloVe folder only costs speed."""
     tmp_path = cache_path.with_name(cache_path.name + f".tmp{os.getpid()}")
@@ -384,3 +414,42 @@ def collate_pairs(items) -> Tuple[PairInputs, torch.Tensor, torch.Tensor]:
         lengths2=torch.tensor([len(x) for x in ids2]),
     )
     return inputs, torch.stack(scores), torch.stack(weights)
+
+
+# ----------------------------------------------------------------------------------------- batch order
+
+EVAL_BATCH_SIZE = 128  # prediction passes only (no gradient); results do not depend on it
+
+
+def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> List[np.ndarray]:
+    """Index batches of one epoch: a permutation drawn from (seed, epoch) alone, so a resumed run
+    replays exactly the batches the interrupted one would have seen. The last batch may be smaller."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_samples, generator=generator).numpy()
+    return [order[i:i + batch_size] for i in range(0, num_samples, batch_size)]
+
+
+def rank_batches(num_samples: int, batch_size: int, seed: int, epoch: int, world_size: int) -> List[np.ndarray]:
+    """epoch_batches; under torchrun without a last batch smaller than the number of processes (a rank
+    would get no pair)."""
+    return [b for b in epoch_batches(num_samples, batch_size, seed, epoch) if len(b) >= world_size]
+
+
+def rank_share(batch: np.ndarray, ctx: DistContext) -> Tuple[np.ndarray, Optional[List[int]]]:
+    """This rank's contiguous slice of a global batch of indices -> (indices, sizes of every rank's
+    slice; None for a single process)."""
+    if not ctx.distributed:
+        return batch, None
+    sizes = split_sizes(len(batch), ctx.world_size)
+    start = sum(sizes[:ctx.rank])
+    return batch[start:start + sizes[ctx.rank]], sizes
+
+
+def eval_loader(dataset: PairDataset, ctx: DistContext) -> torch.utils.data.DataLoader:
+    """In-order prediction loader; under torchrun over this rank's shard (DistributedSampler pads the
+    shards with a few repeated pairs, which gather_predictions / fds_gather drop again)."""
+    sampler = None
+    if ctx.distributed:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                                      shuffle=False)
+    return torch.utils.data.DataLoader(dataset, batch_size=EVAL_BATCH_SIZE, collate_fn=collate_pairs, sampler=sampler)

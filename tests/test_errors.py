@@ -88,12 +88,10 @@ def test_help_shows_every_default_of_the_training_and_data_programs():
     right after the flag's own help text."""
     from pathlib import Path
 
-    from folder_modules import load_folder_module
-
     from ranksim.harness.age_flags import build_parser as age_parser
+    from ranksim.harness.stsb_flags import build_parser as stsb_parser
 
     repo = Path(__file__).resolve().parents[1]
-    stsb_parser = load_folder_module("stsb_train_help", repo / "sts-b-dir" / "train.py").build_parser
     for parser in (age_parser(age_program().DEFAULTS), stsb_parser()):
         help_text = " ".join(parser.format_help().split())
         for action in parser._actions:

@@ -14,7 +14,10 @@ from published_labels import agedb_labels, stsb_labels
 from scipy.ndimage import convolve1d, gaussian_filter1d
 
 from ranksim.harness.cli import UserError
-from ranksim.harness.loop import DivergenceError, exploding_loss_limit
+from ranksim.harness.distributed import DistContext, GlobalBatch
+from ranksim.harness.loop import DivergenceError, StepOptions, exploding_loss_limit
+from ranksim.harness.stsb_flags import build_parser as stsb_parser
+from ranksim.harness.stsb_flags import resolve_resume_by_name
 from ranksim.losses import get_loss, published_age_loss
 from ranksim.ranking import rank_normalised
 from ranksim.weighting import label_weights
@@ -118,7 +121,7 @@ def stsb_scores(num_bins):
 @pytest.mark.parametrize("num_bins", [50, 20])
 def test_stsb_inverse_lds_over_bucket_num_bins(quirk, num_bins):
     scores = stsb_scores(num_bins)
-    args = stsb_train.build_parser().parse_args(["--reweight", "inverse", "--lds", "--bucket_num", str(num_bins)]
+    args = stsb_parser().parse_args(["--reweight", "inverse", "--lds", "--bucket_num", str(num_bins)]
                                                 + (["--published_quirks"] if quirk else []))
     got = stsb_train.train_weights(args, scores)
     np.testing.assert_allclose(got, stsb_published_weights(scores, num_bins, quirk), rtol=1e-6)
@@ -128,7 +131,7 @@ def test_stsb_inverse_lds_over_bucket_num_bins(quirk, num_bins):
 
 def test_integer_smoothing_effect_on_the_published_stsb_labels_as_documented():
     """The README's figure: STS-B-DIR INV+LDS weights move by up to 0.4 % (50 bins, gaussian 5 / 2)."""
-    args = stsb_train.build_parser().parse_args(["--reweight", "inverse", "--lds"])
+    args = stsb_parser().parse_args(["--reweight", "inverse", "--lds"])
     scores = stsb_labels("train")
     exact = stsb_train.train_weights(args, scores)
     args.published_quirks = True
@@ -242,7 +245,7 @@ def test_stsb_focal_losses_use_beta_20():
     pred, target, weights = sample_batch()
     pred, target = pred / 10, target / 10
     for name, square in (("focal_mse", True), ("focal_l1", False)):
-        args = stsb_train.build_parser().parse_args(["--loss", name])
+        args = stsb_parser().parse_args(["--loss", name])
         expected = 0.0
         for p, t, w in zip(pred.flatten().tolist(), target.flatten().tolist(), weights.flatten().tolist()):
             d = abs(p - t)
@@ -261,22 +264,24 @@ class PairFeatureModel(torch.nn.Module):
         return self.head(inputs), inputs * 1.0
 
 
-def test_stsb_ranksim_sees_raw_scores_and_the_loss_score_over_5():
+def test_stsb_ranksim_sees_raw_scores_and_the_loss_score_over_5(monkeypatch):
     seen = {}
 
     def loss_fn(pred, targets, weights):
         seen["loss_targets"] = targets.clone()
         return ((pred - targets) ** 2).mean()
 
-    def regularizer(features, targets):
+    def regularizer(features, targets, interp_strength_lambda, generator=None):
         seen["ranksim_targets"] = targets.clone()
         return features.sum() * 0.0
 
+    monkeypatch.setattr(stsb_train, "batchwise_ranking_regularizer", regularizer)
+    args = stsb_parser().parse_args(["--regularization_weight", "3e-4", "--interpolation_lambda", "2"])
     model = PairFeatureModel()
     scores = torch.tensor([[0.0], [1.6], [2.4], [5.0]])
     batch = (torch.randn(4, 2), scores, torch.ones(4, 1))
-    stsb_train.train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, regularizer,
-                          torch.device("cpu"), 0, 5.0)
+    stsb_train.train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn,
+                          GlobalBatch(DistContext()), args, 0, StepOptions())
     assert torch.equal(seen["ranksim_targets"], scores)
     assert torch.equal(seen["loss_targets"], scores / 5)
 
@@ -284,7 +289,7 @@ def test_stsb_ranksim_sees_raw_scores_and_the_loss_score_over_5():
 @pytest.mark.parametrize("flags,trainable", [([], False), (["--train_words", "1"], True), (["--glove", "0"], True),
                                              (["--glove", "0", "--train_words", "0"], True)])
 def test_stsb_random_embeddings_are_trained_like_the_published_ones(flags, trainable):
-    args = stsb_train.build_parser().parse_args(["--d_word", "3", "--d_hid", "4"] + flags)
+    args = stsb_parser().parse_args(["--d_word", "3", "--d_hid", "4"] + flags)
     model = stsb_train.build_model(args, ["@@PADDING@@", "@@UNKNOWN@@", "cat"], None, False)
     assert model.pair_encoder._text_field_embedder.token_embedder_words.weight.requires_grad is trainable
 
@@ -294,21 +299,21 @@ def test_bare_resume_continues_the_run_named_by_store_name(tmp_path, argv_tail):
     ckpt = tmp_path / "myrun" / "ckpt.pth.tar"
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"placeholder")
-    args = stsb_train.build_parser().parse_args(["--store_root", str(tmp_path), "--store_name", "myrun"] + argv_tail)
-    stsb_train.check_args(args)
+    args = stsb_parser().parse_args(["--store_root", str(tmp_path), "--store_name", "myrun"] + argv_tail)
+    resolve_resume_by_name(args)
     assert args.resume == str(ckpt)
-    path_form = stsb_train.build_parser().parse_args(["--resume", str(ckpt)])
-    stsb_train.check_args(path_form)
+    path_form = stsb_parser().parse_args(["--resume", str(ckpt)])
+    resolve_resume_by_name(path_form)
     assert path_form.resume == str(ckpt)
 
 
 def test_bare_resume_without_store_name_is_a_one_line_error():
-    args = stsb_train.build_parser().parse_args(["--resume"])
+    args = stsb_parser().parse_args(["--resume"])
     with pytest.raises(UserError, match=r"--resume without a checkpoint continues the run named by --store_name"):
-        stsb_train.check_args(args)
+        resolve_resume_by_name(args)
 
 
 def test_help_documents_both_resume_forms_and_the_quirks_flag():
-    text = " ".join(stsb_train.build_parser().format_help().split())
+    text = " ".join(stsb_parser().format_help().split())
     assert "--resume [CKPT]" in text and "<store_root>/<store_name>/ckpt.pth.tar" in text
     assert "--published_quirks" in text

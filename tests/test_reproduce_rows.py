@@ -126,7 +126,7 @@ def test_published_quirks_on_exactly_the_affected_rows():
 PARSE = {
     "agedb-dir": "from ranksim.harness.age_flags import build_parser; import train; p = build_parser(train.DEFAULTS)",
     "imdb-wiki-dir": "from ranksim.harness.age_flags import build_parser; import train; p = build_parser(train.DEFAULTS)",
-    "sts-b-dir": "import train; p = train.build_parser()",
+    "sts-b-dir": "from ranksim.harness.stsb_flags import build_parser; import train; p = build_parser()",
 }
 
 

@@ -329,12 +329,12 @@ def test_early_stop_rule(history, patience, stop):
 
 
 def test_epoch_batches_are_a_seeded_permutation():
-    batches = stsb_train.epoch_batches(10, 4, seed=111, epoch=3)
+    batches = stsb_data.epoch_batches(10, 4, seed=111, epoch=3)
     assert [len(b) for b in batches] == [4, 4, 2]
     assert sorted(np.concatenate(batches).tolist()) == list(range(10))
-    again = stsb_train.epoch_batches(10, 4, seed=111, epoch=3)
+    again = stsb_data.epoch_batches(10, 4, seed=111, epoch=3)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
-    other = stsb_train.epoch_batches(10, 4, seed=111, epoch=4)
+    other = stsb_data.epoch_batches(10, 4, seed=111, epoch=4)
     assert not all(np.array_equal(a, b) for a, b in zip(batches, other))
 
 

@@ -231,6 +231,39 @@ def test_resuming_a_finished_run_never_touches_it(vanilla, data):
     assert results_of(continued)["sizes"]["test"] == 40
 
 
+def test_resuming_a_checkpoint_outside_its_run_directory_starts_a_fresh_one(vanilla, data):
+    """The shared resume rule (ranksim/harness/run.py): only a directory with training.log and no
+    results.json is continued; a lone checkpoint (here: copied without its log) is continued in
+    <name>_2, which starts with a copy of the best checkpoint. (STS-B used to ask for no results.json only.)"""
+    lone = data["runs"] / "lone"
+    lone.mkdir()
+    for name in ("ckpt.pth.tar", "ckpt.best.pth.tar"):
+        shutil.copy(vanilla / name, lone / name)
+    # --max_vals 3: the checkpoint's 3 checks are all there is to do, so the continuation goes straight to the test
+    stsb_train.main(base_args(data, "", 3)[:-3] + ["--no_progress", "--resume", str(lone / "ckpt.pth.tar")])
+    assert sorted(p.name for p in lone.iterdir()) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+    continued = data["runs"] / "lone_2"
+    assert f"resumed from {lone / 'ckpt.pth.tar'}" in (continued / "training.log").read_text()
+    assert (continued / "ckpt.best.pth.tar").read_bytes() == (lone / "ckpt.best.pth.tar").read_bytes()
+    assert results_of(continued)["metrics"] == results_of(vanilla)["metrics"]
+
+
+def test_best_checkpoint_is_written_before_the_latest(data, monkeypatch):
+    """The shared save order (Run.save): ckpt.best.pth.tar first, then ckpt.pth.tar as its copy, so a
+    kill between the two writes loses nothing. (STS-B used to write ckpt.pth.tar first.)"""
+    import ranksim.harness.run as run_module
+
+    writes = []
+    real_save, real_copy = run_module.save_checkpoint, run_module.copy_as_best
+    monkeypatch.setattr(run_module, "save_checkpoint", lambda state, path: (writes.append(Path(path).name),
+                                                                            real_save(state, path)))
+    monkeypatch.setattr(run_module, "copy_as_best", lambda path, best: (writes.append(f"{Path(path).name} -> "
+                                                                                      f"{Path(best).name}"),
+                                                                        real_copy(path, best)))
+    train(data, "save_order", "--val_interval", "1", max_vals=1)
+    assert writes == ["ckpt.best.pth.tar", "ckpt.best.pth.tar -> ckpt.pth.tar"]
+
+
 def test_bench_quick_runs():
     bench = load_folder_module("stsb_bench", ROOT / "bench" / "stsb_step.py")
     rows = bench.main(["--quick", "--cpu"])
@@ -296,6 +329,16 @@ def test_bad_inputs_fail_with_one_line_and_leave_no_run_directory(data, tmp_path
     err = run_expecting_user_error(args(None, None, "--evaluate"), capsys)
     assert "--evaluate needs --eval_model" in err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_divergence_stops_with_one_line_also_in_the_log(data, capsys):
+    """The shared divergence rule (ranksim.harness.loop.checked_loss after backward, Run.diverged)."""
+    err = run_expecting_user_error(base_args(data, "diverged") + ["--lr", "1e30"], capsys)
+    assert err.startswith("error: training diverged at iteration ") and "(epoch 1): loss = " in err
+    assert "no checkpoint was written" in err and "lower --lr" in err
+    run_dir = data["runs"] / "diverged"
+    assert (run_dir / "training.log").read_text().splitlines()[-1].endswith(err)
+    assert not (run_dir / "ckpt.pth.tar").exists()
 
 
 def test_checkpoint_of_another_vocabulary_is_refused(vanilla, data, tmp_path, capsys):

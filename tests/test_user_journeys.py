@@ -17,6 +17,7 @@ from folder_modules import age_program, load_folder_module
 from ranksim.harness.age_flags import build_parser
 from ranksim.harness.cli import run_cli
 from ranksim.harness.data.synthetic import make_synthetic_age_dataset
+from ranksim.harness.stsb_flags import build_parser as stsb_parser
 
 AGEDB_DEFAULTS = age_program().DEFAULTS
 age_main = age_program().main  # agedb-dir/train.py in this process
@@ -73,7 +74,7 @@ def test_stsb_impossible_method_flags_give_one_line(stsb, tmp_path, capsys, extr
 
 def test_stsb_checkpoint_of_another_size_is_refused_before_a_run_directory(stsb, tmp_path, capsys):
     """--evaluate of a d_hid 16 model with --d_hid 32: the key list, and no half-made run directory."""
-    args = stsb_train.build_parser().parse_args(stsb_args(stsb, tmp_path / "unused"))
+    args = stsb_parser().parse_args(stsb_args(stsb, tmp_path / "unused"))
     vocab = stsb_train.build_vocab(stsb_train.load_splits(args.data_dir, args.max_seq_len), args.max_word_v_size)
     checkpoint = tmp_path / "model_state_best.th"
     torch.save(stsb_train.build_model(args, vocab, None, fds=False).state_dict(), checkpoint)
@@ -87,7 +88,7 @@ def test_stsb_checkpoint_of_another_size_is_refused_before_a_run_directory(stsb,
 
 @pytest.mark.parametrize("make_parser, typo, suggestion", [
     (lambda: build_parser(AGEDB_DEFAULTS), "--regularisation_weight", "--regularization_weight"),
-    (lambda: stsb_train.build_parser(), "--interpolation_lamda", "--interpolation_lambda"),
+    (stsb_parser, "--interpolation_lamda", "--interpolation_lambda"),
 ])
 def test_flag_typo_is_one_line_with_a_suggestion(capsys, make_parser, typo, suggestion):
     """argparse printed a multi-line usage block; a typo now gets one line naming the closest flag."""
@@ -125,7 +126,7 @@ def test_data_the_readmes_create_is_git_ignored(tmp_path):
 def test_stsb_refuses_abbreviated_flags(capsys):
     """`--regularization 3e-4` used to set --regularization_weight silently; the age programs refuse it too."""
     with pytest.raises(SystemExit) as exit_info:
-        stsb_train.build_parser().parse_args(["--regularization", "3e-4"])
+        stsb_parser().parse_args(["--regularization", "3e-4"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
