@@ -205,7 +205,7 @@ def gather_predictions(preds: np.ndarray, labels: np.ndarray, sampler, num_sampl
 
 
 def fds_gather(sampler, num_samples: int) -> Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
-    """For engine.update_fds_statistics: this rank's FDS-pass features [n_r, D] and labels [n_r, 1]
+    """For loop.update_fds_statistics: this rank's FDS-pass features [n_r, D] and labels [n_r, 1]
     (in the order of ``sampler``) -> every train sample's once, in dataset order."""
     indices = sampler_indices(sampler)
 

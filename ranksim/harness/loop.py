@@ -1,10 +1,10 @@
 """The pieces the programs' training loops are made of: the step options (mixed precision,
 channels_last), the loss check, train mode, the progress bar, prediction over a split, the FDS
-statistics pass (docs/published_behaviour.md §1.6, §3) and STS-B's RankSim callable.
+statistics pass (docs/published_behaviour.md §1.6, §3).
 
 These functions know nothing about argparse or files. The training step itself is not here: it is
-``train_one_epoch`` in agedb-dir/train.py (and imdb-wiki-dir/train.py), where the paper's loss lines
-are read. Speed options and the distributed loss reduction come in one :class:`StepOptions`; its
+``train_one_epoch`` in agedb-dir/train.py (and imdb-wiki-dir/train.py) and ``train_step`` in
+sts-b-dir/train.py, where the paper's loss lines are read. Speed options and the distributed loss reduction come in one :class:`StepOptions`; its
 defaults are the paper's fp32 step, which runs exactly as it did before those options existed.
 """
 import contextlib
@@ -21,7 +21,6 @@ from tqdm import tqdm
 from ranksim.harness.checkpoint import unwrap_model
 from ranksim.harness.cli import UserError
 from ranksim.harness.distributed import DistContext, gather_predictions
-from ranksim.regularizer import batchwise_ranking_regularizer
 
 # A loss above this is treated as divergence. The largest honest losses of the age benchmarks are
 # MSE of an untrained model (~1e4) and gamma * RankSim (gamma 100 * at most the batch size).
@@ -34,7 +33,6 @@ def exploding_loss_limit(published_quirks: bool) -> float:
     """The divergence threshold of a run: ours, or the published one under --published_quirks."""
     return PUBLISHED_EXPLODING_LOSS if published_quirks else EXPLODING_LOSS
 
-FeatureRegularizer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class DivergenceError(UserError):
@@ -137,20 +135,6 @@ def keep_float32(module: nn.Module) -> nn.Module:
 def _float32_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs):
     with torch.autocast(x.device.type, enabled=False):
         return type(self).forward(self, x.float(), *args, **kwargs)
-
-
-def ranksim_regularizer(gamma: float, interpolation_lambda: float) -> Optional[FeatureRegularizer]:
-    """gamma * RankSim(features, targets, lambda) as one callable, or None when gamma == 0 (off)."""
-    if gamma == 0:
-        return None
-
-    def regularizer(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(features.device.type):  # --amp: RankSim stays in float32
-            with torch.autocast(features.device.type, enabled=False):
-                return gamma * batchwise_ranking_regularizer(features.float(), targets, interpolation_lambda)
-        return gamma * batchwise_ranking_regularizer(features, targets, interpolation_lambda)
-
-    return regularizer
 
 
 def freeze_all_but_head(model: nn.Module, head_prefix: str = "linear.") -> None:
