@@ -1,9 +1,11 @@
 """The experiment harness: the plumbing the benchmark programs share, none of it research logic.
 
-Command-line errors and flags (cli.py, flags.py), checkpoint I/O (checkpoint.py), the run protocol and
-run directories (run.py), the training-loop pieces (loop.py), torchrun helpers (distributed.py), the
-comparator wiring (comparators.py), datasets, splits, downloads and synthetic data (data/), the ResNet
-(models/) and the paper's rows (paper.py). The method library (``ranksim``) never imports it.
+Command-line errors and shared flag checks (cli.py, flags.py), each program's command line
+(age_flags.py, stsb_flags.py), checkpoint I/O (checkpoint.py), the run protocol and run directories
+(run.py; STS-B's bookkeeping on top of it: stsb_run.py), the training-loop pieces (loop.py), torchrun
+helpers (distributed.py), the comparator wiring (comparators.py), datasets, loaders, splits, downloads
+and synthetic data (data/), the ResNet (models/) and the paper's rows (paper.py). The method library
+(``ranksim``) never imports it.
 
 It needs more than the library: ``pip install 'ranksim[harness]'`` (or ``pip install -r requirements.txt``).
 """
