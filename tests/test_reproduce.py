@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_reproduce_rows import PARSE
 
 from ranksim.harness.cli import run_cli
 from ranksim.harness.data.synthetic import make_synthetic_age_dataset
@@ -322,11 +323,7 @@ def test_table_of_real_runs_shows_their_numbers(real_runs):
     assert "model=resnet18 (paper: resnet50)" in md and "img_size=16 (paper: 224)" in md
 
 
-PARSER_DEFAULTS = {
-    "agedb-dir": "from ranksim.harness.age_flags import build_parser; import train; p = build_parser(train.DEFAULTS)",
-    "imdb-wiki-dir": "from ranksim.harness.age_flags import build_parser; import train; p = build_parser(train.DEFAULTS)",
-    "sts-b-dir": "import train; p = train.build_parser()",
-}
+PARSER_DEFAULTS = PARSE  # code that builds each program's parser, run in its folder (test_reproduce_rows)
 
 
 @pytest.mark.parametrize("dataset", list(BENCHMARKS))
