@@ -10,6 +10,7 @@ import torch
 
 from ranksim.harness.cli import UserError
 from ranksim.harness.run import (
+    Run,
     RunLogger,
     available_cpus,
     cap_workers,
@@ -180,3 +181,92 @@ def test_cap_workers():
 def test_cap_workers_follows_affinity(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert cap_workers(32) == 3 and cap_workers(2) == 2
+
+
+# ----------------------------------------------------------------------------- the Run protocol
+
+
+def finished_or_not(run_dir, finished):
+    run_dir.mkdir(parents=True)
+    (run_dir / "training.log").write_text("log\n")
+    torch.save({"epoch": 3}, run_dir / "ckpt.pth.tar")
+    torch.save({"epoch": 2}, run_dir / "ckpt.best.pth.tar")
+    if finished:
+        (run_dir / "results.json").write_text("{}")
+    return run_dir / "ckpt.pth.tar"
+
+
+def test_resume_continues_an_unfinished_run_in_its_own_directory(tmp_path):
+    checkpoint = finished_or_not(tmp_path / "runs" / "exp", finished=False)
+    with Run.for_resume(checkpoint, tmp_path / "runs") as run:
+        assert run.dir == checkpoint.parent.resolve() and run.resumed_best(1.5) == 1.5
+        assert run.last_good == str(checkpoint)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["exp"]
+
+
+def test_resume_of_a_finished_run_or_under_another_name_starts_a_new_directory_with_its_best(tmp_path):
+    finished = finished_or_not(tmp_path / "runs" / "done", finished=True)
+    with Run.for_resume(finished, tmp_path / "runs") as run:
+        assert run.dir == tmp_path / "runs" / "done_2"
+        assert torch.load(run.best_path, weights_only=True) == {"epoch": 2}  # the best checkpoint came along
+        assert run.resumed_best(1.5) == 1.5
+    assert (finished.parent / "results.json").read_text() == "{}"  # the finished run is untouched
+    unfinished = finished_or_not(tmp_path / "runs" / "open", finished=False)
+    with Run.for_resume(unfinished, tmp_path / "runs", store_name="branch") as run:
+        assert run.dir == tmp_path / "runs" / "branch"
+    (run.dir / "ckpt.best.pth.tar").unlink()
+    with Run.for_resume(unfinished, tmp_path / "runs", store_name="branch") as run:  # taken: branch_2, no best
+        assert run.dir == tmp_path / "runs" / "branch_2"
+    outside = tmp_path / "loose" / "ckpt.pth.tar"  # no training.log beside it: never written into
+    outside.parent.mkdir()
+    torch.save({"epoch": 1}, outside)
+    with Run.for_resume(outside, tmp_path / "runs") as run:
+        assert run.dir == tmp_path / "runs" / "loose" and run.resumed_best(0.5) == float("inf")
+
+
+def test_save_writes_the_best_first_then_the_latest_as_its_copy(tmp_path, monkeypatch):
+    import ranksim.harness.run as run_module
+
+    written = []
+    real_save = run_module.save_checkpoint
+    monkeypatch.setattr(run_module, "save_checkpoint", lambda state, path: (written.append(path.name),
+                                                                             real_save(state, path)))
+    with Run.for_training(tmp_path, "exp") as run:
+        run.save({"epoch": 1}, is_best=True)
+        assert written == ["ckpt.best.pth.tar"]  # ckpt.pth.tar is then a copy of it
+        assert run.ckpt_path.read_bytes() == run.best_path.read_bytes()
+        run.save({"epoch": 2}, is_best=False)
+        assert written == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+        assert torch.load(run.best_path, weights_only=True) == {"epoch": 1}
+        assert torch.load(run.ckpt_path, weights_only=True) == {"epoch": 2}
+        assert run.last_good == str(run.ckpt_path)
+
+
+def test_divergence_and_interruption_messages_name_the_checkpoint(tmp_path):
+    run = Run.for_training(tmp_path, "exp")
+    message = str(run.diverged(ValueError("training diverged at epoch 1, step 3: loss = nan")))
+    assert message == ("training diverged at epoch 1, step 3: loss = nan; stopped, no checkpoint was written (it "
+                       "diverged before the first one); lower --lr (or --regularization_weight) and start again")
+    run.save({"epoch": 1}, is_best=True)
+    assert str(run.diverged(ValueError("x"))).endswith(f"and resume it with --resume {run.ckpt_path}")
+    with pytest.raises(KeyboardInterrupt, match=f"^resume with --resume {run.ckpt_path}$"):
+        with run:
+            raise KeyboardInterrupt
+    assert (run.dir / "training.log").read_text().rstrip().endswith(
+        f"interrupted (Ctrl-C); resume with --resume {run.ckpt_path}")
+    with pytest.raises(UserError):
+        with Run.for_training(tmp_path, "other") as other:
+            raise UserError("--data_dir x: not found")
+    assert (other.dir / "training.log").read_text().rstrip().endswith("error: --data_dir x: not found")
+
+
+def test_load_best_and_results(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    with Run.for_training(tmp_path, "exp") as run:
+        run.save({"state_dict": model.state_dict(), "epoch": 4, "best_loss": 0.5}, is_best=True)
+        with torch.no_grad():
+            model.weight.zero_()
+        info = run.load_best(model)
+        assert info == {"epoch": 4, "best_loss": 0.5} and model.weight.abs().sum() > 0
+        run.write_results({"mae": float("nan")})
+    assert json.loads((run.dir / "results.json").read_text()) == {"mae": None}
