@@ -32,6 +32,7 @@ from ranksim.harness.cli import UserError
 from ranksim.harness.data.synthetic import make_synthetic_age_dataset
 from ranksim.harness.distributed import (
     DistContext,
+    GlobalBatch,
     fds_gather,
     gather_predictions,
     mean_over_ranks,
@@ -135,8 +136,32 @@ def worker(rank: int, out_dir: str):
     dist.all_gather(gathered, weights)
     result["lds_equal_across_ranks"] = all(torch.equal(gathered[0], other) for other in gathered)
 
+    # 5. STS-B's train_step on UNEQUAL shards of a global batch of 5 (3 + 2 pairs), as its last batch of
+    #    an epoch can be: loss scaled by the rank's share, RankSim on the batch GlobalBatch gathers.
+    stsb_train, stsb_data = stsb_modules()
+    model = new_model()
+    indices, sizes = stsb_data.rank_share(np.arange(5), ctx)
+    share = len(indices) * WORLD / 5  # what sts-b-dir/train.py's loop passes
+    ddp = wrap_model(model, ctx)
+    stsb_train.train_step(ddp, (x[indices], 5 * y[indices] / 12, w[indices]), torch.optim.SGD(ddp.parameters(), lr=0.1),
+                          weighted_l1_loss, GlobalBatch(ctx, seed=SEED), stsb_args(), 1, StepOptions(), sizes, share)
+    result["stsb_unequal"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+
+
+def stsb_modules():
+    """sts-b-dir/train.py and its datasets.py (the program's step and its rank slicing)."""
+    return (load_folder_module("stsb_train_ddp", REPO / "sts-b-dir" / "train.py"),
+            load_folder_module("stsb_datasets_ddp", REPO / "sts-b-dir" / "datasets.py"))
+
+
+def stsb_args():
+    from ranksim.harness.stsb_flags import parse_args
+
+    return parse_args(["--regularization_weight", str(GAMMA), "--interpolation_lambda", str(LAMBDA),
+                       "--max_grad_norm", "0"])
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +232,32 @@ def test_ddp_step_with_ranksim_and_fds_equals_single_process_step(spawned):
     w_key = "backbone.0.weight"
     reg_share = expected[w_key] - no_reg.state_dict()[w_key]
     assert reg_share.abs().max() > 100 * 1e-5 and (expected[w_key] - before[w_key]).abs().max() > 0
+
+
+def test_stsb_step_on_unequal_shards_equals_the_single_process_step(spawned):
+    """3 + 2 pairs: each rank's mean loss times its share (n_r * N / B) makes DDP's gradient average the
+    mean over the 5 pairs; RankSim (on the raw scores 0-5, the head on score / 5) sees all 5."""
+    _, _, x, y, w = fixed_data()
+    scores = 5 * y[:5] / 12  # STS-B-like scores in [0, 5]
+    model = new_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    pred, encoding = model(x[:5], scores, 1)
+    loss = weighted_l1_loss(pred, scores / 5, w[:5]) + GAMMA * batchwise_ranking_regularizer(
+        encoding, scores, LAMBDA, generator=seeded_generator())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    for rank, result in enumerate(spawned):
+        for key, value in model.state_dict().items():
+            assert torch.allclose(result["stsb_unequal"][key], value, rtol=1e-5, atol=1e-6), (rank, key)
+    # the shares matter: equal weighting of the two shards' means would give another step
+    unweighted = new_model()
+    pred, encoding = unweighted(x[:5], scores, 1)
+    halves = (weighted_l1_loss(pred[:3], scores[:3] / 5, w[:3]) + weighted_l1_loss(pred[3:], scores[3:] / 5, w[3:5])) / 2
+    (halves + GAMMA * batchwise_ranking_regularizer(encoding, scores, LAMBDA, generator=seeded_generator())).backward()
+    torch.optim.SGD(unweighted.parameters(), lr=0.1).step()
+    assert not torch.allclose(unweighted.state_dict()["linear.weight"], model.state_dict()["linear.weight"], atol=1e-6)
 
 
 def test_predictions_gathered_in_dataset_order_once_each_and_lds_weights_equal(spawned):
