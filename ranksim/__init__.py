@@ -13,14 +13,15 @@ docs/library.md describes every public name.
 from ranksim.balanced_mse import BalancedMSELoss, bmc_loss, bni_loss, gai_loss
 from ranksim.bins import Binning
 from ranksim.contrastive import conr_loss, rnc_loss
-from ranksim.distributed import GatheredRankSim, all_gather_with_grad
+from ranksim.distributed import GatheredRankSim, all_gather_with_grad, gather_global_batch
 from ranksim.fds import FDS
 from ranksim.ranking import TrueRanker, rank, rank_normalised
 from ranksim.regularizer import RankSim, batchwise_ranking_regularizer, reduce_ties
 
 __all__ = [
     "FDS", "BalancedMSELoss", "Binning", "GatheredRankSim", "RankSim", "TrueRanker", "all_gather_with_grad",
-    "batchwise_ranking_regularizer", "bmc_loss", "bni_loss", "conr_loss", "gai_loss", "rank", "rank_normalised",
+    "batchwise_ranking_regularizer", "bmc_loss", "bni_loss", "conr_loss", "gai_loss", "gather_global_batch", "rank",
+    "rank_normalised",
     "reduce_ties", "rnc_loss",
 ]
 __version__ = "0.1.0"

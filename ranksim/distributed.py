@@ -81,6 +81,19 @@ def all_gather_tensor(local: torch.Tensor, sizes: Optional[Sequence[int]] = None
         return all_gather_with_grad(local.detach(), sizes)
 
 
+def gather_global_batch(features: torch.Tensor, targets: torch.Tensor, sizes: Optional[Sequence[int]] = None
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """This rank's ``features`` [b, ...] and ``targets`` [b] / [b, d] -> every rank's, in rank order:
+    features [B, D] with gradients flowing back to each rank's own rows (see the module docstring),
+    targets [B, d] without. ``sizes``: b_r of every rank (None: all equal to this rank's). Both are
+    returned unchanged without a process group (or with one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return features, targets
+    all_features = all_gather_with_grad(features.reshape(features.shape[0], -1), sizes)
+    all_targets = all_gather_tensor(targets.reshape(targets.shape[0], -1).to(features.device), sizes)
+    return all_features, all_targets
+
+
 class GatheredRankSim:
     """gamma * RankSim on the GLOBAL batch: ``regularizer(local_features [b, D], local_targets [b, d])``.
 
@@ -125,9 +138,7 @@ class GatheredRankSim:
 
     def __call__(self, features: torch.Tensor, targets: torch.Tensor,
                  sizes: Optional[Sequence[int]] = None) -> torch.Tensor:
-        all_features = all_gather_with_grad(features.reshape(features.shape[0], -1), sizes)
-        all_targets = all_gather_tensor(targets.reshape(targets.shape[0], -1).to(features.device), sizes)
-        with torch.autocast(features.device.type, enabled=False):  # RankSim in float32 under --amp
-            return self.gamma * batchwise_ranking_regularizer(all_features.float(), all_targets,
-                                                              self.interp_strength_lambda, generator=self.generator,
-                                                              label_distance=self.label_distance)
+        all_features, all_targets = gather_global_batch(features, targets, sizes)
+        # float32 also under autocast: the regularizer computes in float32 itself
+        return self.gamma * batchwise_ranking_regularizer(all_features, all_targets, self.interp_strength_lambda,
+                                                          generator=self.generator, label_distance=self.label_distance)

@@ -275,6 +275,19 @@ def test_global_batch_must_be_divisible_by_the_process_count():
     assert "\n" not in str(err.value)
 
 
+def test_sync_bn_on_a_cpu_torchrun_job_stops_before_anything_is_made(tmp_path, monkeypatch):
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = ["--data_dir", str(tmp_path), "--store_root", str(tmp_path / "runs"), "--batch_size", "16", "--sync_bn"]
+    with pytest.raises(UserError, match=r"^--sync_bn: SyncBatchNorm runs on GPUs only .*leave out --sync_bn on CPU$"):
+        age_program().main(args)
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: --sync_bn is a no-op, the run gets past the check
+    with pytest.raises(UserError, match=r"agedb\.csv: split file not found"):
+        age_program().main(args)
+
+
 def test_indivisible_batch_under_torchrun_stops_before_anything_is_made(tmp_path, monkeypatch):
     main = age_program().main
 
@@ -374,3 +387,7 @@ def test_public_gathered_ranksim_without_process_group_is_ranksim_on_label_vecto
         features, targets, LAMBDA, generator=torch.Generator().manual_seed(GatheredRankSim.epoch_seed(SEED, 0)),
         label_distance="l2")
     assert torch.equal(value, reference)
+    from ranksim import gather_global_batch
+
+    gathered_features, gathered_targets = gather_global_batch(features, targets)  # no process group: as given
+    assert gathered_features is features and gathered_targets is targets

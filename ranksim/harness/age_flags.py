@@ -10,6 +10,8 @@ import argparse
 import time
 from typing import Mapping, Optional, Sequence
 
+import torch
+
 from ranksim.harness.checkpoint import check_checkpoint_flag, load_checkpoint
 from ranksim.harness.cli import OneLineArgumentParser, UserError
 from ranksim.harness.comparators import (
@@ -126,13 +128,14 @@ def check_flag_values(args: argparse.Namespace) -> None:
     if args.batch_size < 2 and not args.evaluate:
         raise UserError(f"--batch_size {args.batch_size}: training needs at least 2 samples per batch (BatchNorm "
                         "normalises over the batch and RankSim compares the labels in it); use 2 or more")
-    if args.resume:
-        check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
-    if args.pretrained:
+    if args.pretrained:  # (--resume is checked where its settings are read: adopt_checkpoint_settings)
         check_checkpoint_flag("--pretrained", args.pretrained, BEST_NAME)
     check_comparator_flags(args)
     if env_world_size() > 1 and (args.bmse != "none" or args.conr or args.rnc != "none"):
         raise UserError("--bmse / --conr / --rnc: not supported under torchrun yet; run them in one process")
+    if args.sync_bn and env_world_size() > 1 and not torch.cuda.is_available():  # no CPU kernel in PyTorch
+        raise UserError("--sync_bn: SyncBatchNorm runs on GPUs only (this torchrun job runs on CPUs with gloo); "
+                        "leave out --sync_bn on CPU")
 
 
 # Settings that define the model a checkpoint holds: --evaluate / --resume take them from the flags the

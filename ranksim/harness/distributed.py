@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ranksim.distributed import GatheredRankSim, all_gather_tensor, all_gather_with_grad
+from ranksim.distributed import GatheredRankSim, all_gather_tensor, gather_global_batch
 from ranksim.harness.cli import UserError
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -158,11 +158,6 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.distributed:
-        dist.barrier()
-
-
 # ------------------------------------------------------------------------------------ gathering
 
 
@@ -248,11 +243,7 @@ class GlobalBatch:
 
     def __call__(self, features: torch.Tensor, targets: torch.Tensor,
                  sizes: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        if not self.ctx.distributed:
-            return features, targets
-        features = all_gather_with_grad(features.reshape(features.shape[0], -1), sizes)
-        targets = all_gather_tensor(targets.reshape(targets.shape[0], -1).to(features.device), sizes)
-        return features, targets
+        return gather_global_batch(features, targets, sizes)
 
 
 def wrap_model(model: nn.Module, ctx: DistContext, sync_bn: bool = False) -> nn.Module:
@@ -282,13 +273,6 @@ def sync_buffers(model: nn.Module, ctx: DistContext, src: int = 0) -> None:
     for buffer in model.buffers():  # deduplicated: FDS's aliased buffers are visited once
         if buffer.is_floating_point() or buffer.dtype in (torch.int64, torch.int32):
             dist.broadcast(buffer, src=src)
-
-
-def check_sync_bn(sync_bn: bool, ctx: DistContext) -> None:
-    """--sync_bn needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel)."""
-    if sync_bn and ctx.distributed and ctx.device.type != "cuda":
-        raise UserError("--sync_bn: SyncBatchNorm runs on GPUs only (this torchrun job runs on CPUs with gloo); "
-                        "leave out --sync_bn on CPU")
 
 
 def split_sizes(total: int, world_size: int) -> List[int]:

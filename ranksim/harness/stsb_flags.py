@@ -144,10 +144,8 @@ def check_flag_values(args: argparse.Namespace) -> None:
     if args.resume and (args.evaluate or args.pretrained):
         raise UserError("--resume continues a training run (it holds the whole model); "
                         "it cannot be combined with --evaluate or --pretrained")
-    for flag, path, file_name in (("--resume", args.resume, CKPT_NAME), ("--eval_model", args.eval_model, BEST_NAME),
-                                  ("--pretrained", args.pretrained, BEST_NAME)):
-        if path:
-            check_checkpoint_flag(flag, path, file_name)
+    if args.pretrained:  # (--resume / --eval_model are checked where their settings are read)
+        check_checkpoint_flag("--pretrained", args.pretrained, BEST_NAME)
     check_comparator_flags(args)
     if env_world_size() > 1 and (args.bmse != "none" or args.conr):
         raise UserError("--bmse / --conr: not supported under torchrun yet; run them in one process")

@@ -14,9 +14,10 @@ from ranksim.harness.distributed import DistContext, per_rank_batch
 from ranksim.harness.run import cap_workers
 
 
-def age_loaders(datasets: Mapping[str, AgeCSVDataset], args: argparse.Namespace, ctx: DistContext) -> Dict[str, DataLoader]:
-    """The loaders of a run ("fds": the train split for the FDS statistics pass): batches of --batch_size / processes, --workers (capped at the CPUs), torchrun
-    samplers. With --conr the train split also yields two views drawn with its own augmentation, with
+def age_loaders(datasets: Mapping[str, AgeCSVDataset], args: argparse.Namespace,
+                ctx: DistContext) -> Dict[str, DataLoader]:
+    """The loaders of a run: "train", "val", "test" and "fds" (the train split for the FDS statistics
+    pass); batches of --batch_size / processes, --workers (capped at the CPUs), torchrun samplers. With --conr the train split also yields two views drawn with its own augmentation, with
     --rnc encoder two strong views (ranksim/harness/data/views.py); the FDS statistics pass ("fds")
     then reads the plain train images."""
     local_batch = per_rank_batch(args.batch_size, ctx.world_size)
