@@ -13,8 +13,10 @@ docs/library.md describes every public name.
 from ranksim.balanced_mse import BalancedMSELoss, bmc_loss, bni_loss, gai_loss
 from ranksim.bins import Binning
 from ranksim.contrastive import conr_loss, rnc_loss
+from ranksim.denseweight import DenseWeight, dense_weights
 from ranksim.distributed import GatheredRankSim, all_gather_with_grad, gather_global_batch
 from ranksim.fds import FDS
+from ranksim.ordinal_entropy import OrdinalEntropy, ordinal_entropy, ordinal_entropy_terms
 from ranksim.ranking import TrueRanker, rank, rank_normalised
 from ranksim.regularizer import RankSim, batchwise_ranking_regularizer, reduce_ties
 
@@ -23,5 +25,6 @@ __all__ = [
     "batchwise_ranking_regularizer", "bmc_loss", "bni_loss", "conr_loss", "gai_loss", "gather_global_batch", "rank",
     "rank_normalised",
     "reduce_ties", "rnc_loss",
+    "DenseWeight", "OrdinalEntropy", "dense_weights", "ordinal_entropy", "ordinal_entropy_terms",
 ]
 __version__ = "0.1.0"
