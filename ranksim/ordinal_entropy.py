@@ -25,6 +25,7 @@ The computation is sync-free (no ``torch.unique``): samples are compared with ea
 [B, B] label-equality matrix, so the cost is O(B^2 D) time and O(B^2) memory rather than the
 reference's O(B D + M^2 D); for the paper's batch sizes this is small next to the backbone.
 """
+import contextlib
 from typing import Tuple
 
 import torch
@@ -33,6 +34,14 @@ import torch.nn.functional as F
 __all__ = ["OrdinalEntropy", "ordinal_entropy", "ordinal_entropy_terms"]
 
 _MIN_SQUARED_DISTANCE = 1e-12  # floor before the sqrt, as in the reference: keeps the gradient finite at 0
+
+
+def _float32_context(device: torch.device):
+    """Autocast off on ``device`` while it is on (there it would run the matmuls in 16 bits); else nothing."""
+    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))  # torch < 2.4
+    if available(device.type) and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_inputs(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -50,12 +59,17 @@ def _check_inputs(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def ordinal_entropy_terms(features: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(L_d, L_t) of one batch, each a 0-dim float32 tensor (see the module docstring).
 
-    features: [B, D] raw features (any float dtype; computed in float32). labels: [B] or [B, 1] scalar
-    labels, in any unit (the weights w_mn are scale-free). Empty terms are 0 (with zero gradient).
+    features: [B, D] raw features (any float dtype; computed in float32, also under autocast).
+    labels: [B] or [B, 1] scalar labels, in any unit (the weights w_mn are scale-free).
+    Empty terms are 0 (with zero gradient).
     """
     labels = _check_inputs(features, labels)
-    z = features.float()
-    y = labels.float()
+    with _float32_context(features.device):
+        return _terms(features.float(), labels.float())
+
+
+def _terms(z: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(L_d, L_t) of float32 features z [B, D] and labels y [B]."""
     same = y.unsqueeze(0) == y.unsqueeze(1)                      # [B, B]: same label
     count = same.sum(dim=1)                                      # [B]: samples sharing i's label
     centre = (same.to(z.dtype) @ z) / count.unsqueeze(1).to(z.dtype)  # [B, D]: c of i's label

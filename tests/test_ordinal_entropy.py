@@ -102,6 +102,9 @@ def test_half_precision_features_give_a_float32_loss():
     value = ordinal_entropy(z.to(torch.bfloat16), y)
     assert value.dtype == torch.float32
     assert value.item() == pytest.approx(ordinal_entropy(z.to(torch.bfloat16).double(), y).item(), rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the matmuls must not drop to 16 bits
+        under_autocast = ordinal_entropy(z.float(), y.float())
+    assert under_autocast.item() == pytest.approx(ordinal_entropy(z, y).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("features, labels, message", [
