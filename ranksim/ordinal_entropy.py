@@ -11,9 +11,10 @@ For one batch of features z_i (the backbone output the head sees) and scalar lab
   w_mn = (a_mn - min a) / max a (min and max over this batch's pairs; divided by max a, not by
   max a - min a, so the closest pairs weigh 0 and the largest weight is 1 - min a / max a);
   L_d = -mean_{m<n} w_mn d_mn pushes apart the centres of far-apart labels;
-* tightness: t_i = || z_i / ||z_i||_2 - e_(label of i) ||_2; L_t = mean of the t_i of the samples whose
-  label occurs more than once in the batch (a label seen once has t_i = 0, and the reference drops
-  samples with t_i = 0; selecting by count keeps that so when rounding makes t_i a tiny non-zero);
+* tightness: t_i = || z_i / ||z_i||_2 - e_(label of i) ||_2; L_t = mean of the t_i that are not 0 (the
+  reference drops samples with t_i = 0, in practice the labels seen once in the batch; here those are
+  also dropped by their count, so that rounding cannot keep them with a tiny t_i; and dropping the
+  exact zeros keeps the gradient finite, e.g. for identical features of one label);
 * OE = lambda_t * L_t + lambda_d * L_d, both weights 1 by default (the reference adds OE to the task
   loss at weight 1).
 
@@ -92,9 +93,9 @@ def _terms(z: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor
     diversity = -(weight * distance).sum() / num_pairs.clamp_min(1)
 
     # Tightness: the distance of each unit feature to its unit centre, over labels seen more than once.
-    kept = count > 1
     gap = F.normalize(z, dim=1) - unit_centre
     squared_gap = gap.pow(2).sum(1)
+    kept = (count > 1) & (squared_gap > 0)
     # where() before the sqrt: a dropped sample's t may be exactly 0, whose sqrt has an infinite gradient
     tight = torch.where(kept, squared_gap, torch.ones_like(squared_gap)).sqrt() * kept
     tightness = tight.sum() / kept.sum().clamp_min(1)

@@ -27,9 +27,10 @@ def loop_terms(z, y):
         diversity /= len(pairs)
     distances = []
     for i in range(len(y)):
-        if y.count(y[i]) > 1:
-            norm = math.sqrt(sum(v * v for v in z[i]))
-            distances.append(math.sqrt(sum((v / norm - c) ** 2 for v, c in zip(z[i], unit[y[i]]))))
+        norm = math.sqrt(sum(v * v for v in z[i]))
+        distance = math.sqrt(sum((v / norm - c) ** 2 for v, c in zip(z[i], unit[y[i]])))
+        if y.count(y[i]) > 1 and distance > 0:  # a label seen once has distance 0 (up to rounding)
+            distances.append(distance)
     tightness = sum(distances) / len(distances) if distances else 0.0
     return diversity, tightness
 
@@ -85,6 +86,16 @@ def test_empty_terms_are_zero_with_finite_gradients(labels, empty):
     z.requires_grad_(True)
     diversity, tightness = ordinal_entropy_terms(z, y)
     assert {"diversity": diversity, "tightness": tightness}[empty].item() == 0.0
+    (diversity + tightness).backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_identical_features_of_one_label_are_dropped_with_a_finite_gradient():
+    z, y = case(7, [3, 3, 5, 5, 5, 8])
+    z[1] = z[0]  # label 3: both samples sit on their centre, t = 0 exactly
+    z.requires_grad_(True)
+    diversity, tightness = ordinal_entropy_terms(z, y)
+    assert tightness.item() == pytest.approx(loop_terms(z.detach().numpy(), y.tolist())[1], rel=1e-5)
     (diversity + tightness).backward()
     assert torch.isfinite(z.grad).all()
 
