@@ -32,7 +32,7 @@ from ranksim.harness.checkpoint import (
     state_dict_of,
 )
 from ranksim.harness.cli import run_cli
-from ranksim.harness.comparators import build_comparator
+from ranksim.harness.comparators import DENSEWEIGHT, build_comparator, dense_sample_weights
 from ranksim.harness.data.age import SPLITS
 from ranksim.harness.data.loaders import age_loaders
 from ranksim.harness.distributed import (
@@ -64,6 +64,7 @@ from ranksim.harness.run import (
     select_device,
 )
 from ranksim.metrics import age_shot_groups, format_metrics_table, per_label_mae, regression_metrics
+from ranksim.ordinal_entropy import ordinal_entropy
 from ranksim.weighting import label_weights
 
 # isort: split
@@ -88,12 +89,13 @@ def train_and_test(args, ctx) -> dict:
     options = make_step_options(args.amp, args.channels_last, device, mean_over_ranks if ctx.distributed else None)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input size: let cuDNN pick its fastest kernels
 
-    # Data. The per-sample train weights are SQINV/INV re-weighting, smoothed by LDS with --lds.
+    # Data. The per-sample train weights are SQINV/INV re-weighting, smoothed by LDS with --lds, or DenseWeight's.
     table = Dataset.read_table(args.data_dir)
     Dataset.check_images(args.data_dir, table)  # a missing image stops the run here, not mid-epoch
     train_labels = table.loc[table["split"] == "train", "age"].to_numpy(dtype=np.float32)
-    weights = label_weights(train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
-                            label_kind="age", integer_smoothing=args.published_quirks)
+    weights = dense_sample_weights(args, train_labels) if args.reweight == DENSEWEIGHT else label_weights(
+        train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
+        label_kind="age", integer_smoothing=args.published_quirks)
     datasets = {split: Dataset(args.data_dir, table, args.img_size, split, weights if split == "train" else None)
                 for split in SPLITS}
     sizes = {split: len(dataset) for split, dataset in datasets.items()}
@@ -199,6 +201,8 @@ def train_one_epoch(model, loader, optimizer, weighted_loss, epoch, args, run, o
                     # In training the model returns the (FDS-smoothed) features next to the predictions.
                     preds, features = model(options.images(images), targets, epoch)
                     loss = weighted_loss(preds.float(), targets, weights)
+                    if args.oe:  # Ordinal Entropy on the same features (one process: this batch's class centres)
+                        loss = loss + ordinal_entropy(features, targets, args.oe_lambda_d, args.oe_lambda_t)
                     if args.regularization_weight > 0:
                         features, batch_targets = global_batch(features, targets)  # all ranks' batch under torchrun
                         ranksim = args.regularization_weight * batchwise_ranking_regularizer(

@@ -48,7 +48,7 @@ from ranking import batchwise_ranking_regularizer
 from ranksim.bins import Binning
 from ranksim.harness.checkpoint import load_checkpoint, load_model_state, state_dict_of, unwrap_model
 from ranksim.harness.cli import UserError, run_cli
-from ranksim.harness.comparators import build_comparator
+from ranksim.harness.comparators import DENSEWEIGHT, build_comparator, dense_sample_weights
 from ranksim.harness.distributed import (
     GlobalBatch,
     fds_gather,
@@ -81,6 +81,7 @@ from ranksim.harness.stsb_run import (
     write_test_results,
     write_vocab,
 )
+from ranksim.ordinal_entropy import ordinal_entropy
 from ranksim.weighting import label_weights
 
 FOCAL_BETA = 20.0  # Focal-R's beta on STS-B as published (the age datasets use the loss default 0.2)
@@ -208,6 +209,8 @@ def train_step(model, batch, optimizer, weighted_loss, global_batch, args, epoch
     with options.autocast(device):  # --amp: the encoder in bf16/fp16; the head, the loss and RankSim in float32
         preds, features = model(inputs, scores, epoch)  # FDS (if on) smooths the features by their scores
         loss = weighted_loss(preds.float(), targets, weights) * share
+        if args.oe:  # Ordinal Entropy on the same features and the raw scores (one process only: share = 1)
+            loss = loss + ordinal_entropy(features, scores, args.oe_lambda_d, args.oe_lambda_t)
         ranksim = loss.new_zeros(())
         if args.regularization_weight > 0:
             # RankSim ranks the raw scores, as published (which label distances tie in float32 depends on
@@ -249,7 +252,10 @@ def stsb_loss(args):
 
 
 def train_weights(args, scores) -> np.ndarray:
-    """Per-pair train weights (--reweight, --lds) over --bucket_num score bins, as published."""
+    """Per-pair train weights (--reweight, --lds) over --bucket_num score bins, as published; DenseWeight's
+    (--reweight denseweight) from a density of the raw scores 0-5."""
+    if args.reweight == DENSEWEIGHT:
+        return dense_sample_weights(args, scores)
     return label_weights(scores, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
                          label_kind="stsb", binning=Binning.stsb(args.bucket_num),
                          integer_smoothing=args.published_quirks)

@@ -15,6 +15,7 @@ import torch
 from ranksim.harness.checkpoint import check_checkpoint_flag, load_checkpoint
 from ranksim.harness.cli import OneLineArgumentParser, UserError
 from ranksim.harness.comparators import (
+    SAMPLE_WEIGHTINGS,
     add_comparator_flags,
     check_comparator_flags,
     comparator_run_name,
@@ -26,7 +27,6 @@ from ranksim.harness.models.resnet import MODELS
 from ranksim.harness.run import BEST_NAME, CKPT_NAME
 from ranksim.kernels import KERNELS
 from ranksim.losses import LOSSES
-from ranksim.weighting import REWEIGHTS
 
 PUBLISHED_QUIRKS_HELP = (
     "reproduce the published code's unintended behaviours the paper's numbers depend on: INV+LDS smooths "
@@ -48,7 +48,8 @@ def build_parser(defaults: Mapping) -> argparse.ArgumentParser:
         description=f"Train / evaluate an age regressor on {d['dataset']} (RankSim, LDS, FDS, RRT, Focal-R).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("imbalanced-regression methods")
-    g.add_argument("--reweight", default="none", choices=REWEIGHTS, help="cost-sensitive re-weighting (SQINV = sqrt_inv)")
+    g.add_argument("--reweight", default="none", choices=SAMPLE_WEIGHTINGS,
+                   help="cost-sensitive re-weighting (SQINV = sqrt_inv; denseweight: DenseWeight, see --dw_alpha)")
     g.add_argument("--lds", action="store_true", help="label distribution smoothing of the weights (needs --reweight)")
     g.add_argument("--lds_kernel", default="gaussian", choices=KERNELS)
     g.add_argument("--lds_ks", type=int, default=d["lds_ks"], help="LDS kernel size (odd)")

@@ -1,4 +1,5 @@
-"""The later DIR methods in the training programs: Balanced MSE, ConR and Rank-N-Contrast.
+"""The later DIR methods in the training programs: Balanced MSE, ConR, Rank-N-Contrast, Ordinal Entropy
+and DenseWeight.
 
 :func:`build_comparator` turns the comparator flags (--bmse*, --conr*, --rnc*) into one
 :class:`Comparator` that the training loop asks for (a) the regression loss, (b) an extra term on two
@@ -18,9 +19,21 @@ called without targets so FDS never smooths them; predictions detached inside th
 Rank-N-Contrast (Zha et al., NeurIPS 2023): --rnc encoder trains the encoder with the RnC loss alone
 on two strongly augmented views (one forward pass over the 2B views, as the reference); --rnc linear
 is stage 2, a linear head on the frozen encoder (RRT's machinery: --pretrained, only the head trains).
+
+Ordinal Entropy (Zhang et al., ICLR 2023): --oe adds lambda_d * L_d + lambda_t * L_t
+(ranksim.ordinal_entropy, --oe_lambda_d / --oe_lambda_t, both 1 as in the reference integration) on
+the features RankSim sees (the backbone output the head sees, FDS-smoothed with --fds; STS-B: the
+pair features [u, v, |u - v|, u * v] and the raw scores 0-5). The term is a line of the programs'
+training step, next to RankSim's. One process only (its batch statistics are per process).
+
+DenseWeight (Steininger et al., Machine Learning 2021): --reweight denseweight --dw_alpha A gives each
+train sample DenseWeight's weight (ranksim.denseweight, fitted on the train labels in the units the
+program reads them: ages, STS-B's raw scores); it takes the place of SQINV/INV in the per-sample
+weight path, so it multiplies the per-sample loss and combines with FDS / RankSim / OE the same way.
 """
 import argparse
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,10 +44,17 @@ import torch.nn as nn
 
 from ranksim.balanced_mse import BalancedMSELoss, fit_gaussian_mixture, label_histogram
 from ranksim.contrastive import conr_loss, rnc_loss
+from ranksim.denseweight import DenseWeight
 from ranksim.harness.cli import UserError
+from ranksim.harness.distributed import env_world_size
+from ranksim.weighting import REWEIGHTS
 
 CHECKPOINT_KEY = "balanced_mse"
 PRIOR_NAME = "bmse_prior.json"
+
+DENSEWEIGHT = "denseweight"
+# The --reweight choices of the programs: the bin-count schemes of ranksim.weighting, and DenseWeight.
+SAMPLE_WEIGHTINGS = REWEIGHTS + (DENSEWEIGHT,)
 
 ViewLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,9 +69,10 @@ RNC_STAGE_DEFAULTS = {
 
 
 def add_comparator_flags(parser: argparse.ArgumentParser, with_rnc: bool = True, conr_omega: float = 1.0) -> None:
-    """The --bmse*, --conr* and (with_rnc) --rnc*/--lr_cosine flags; defaults: the papers' (conr_omega:
-    the benchmark's default omega, in the units of the labels the loss sees)."""
-    g = parser.add_argument_group("later DIR methods (Balanced MSE, ConR, Rank-N-Contrast)")
+    """The --bmse*, --conr*, --oe*, --dw_alpha and (with_rnc) --rnc*/--lr_cosine flags; defaults: the
+    papers' (conr_omega: the benchmark's default omega, in the units of the labels the loss sees)."""
+    g = parser.add_argument_group("later DIR methods (Balanced MSE, ConR, Rank-N-Contrast, Ordinal Entropy, "
+                                  "DenseWeight)")
     g.add_argument("--bmse", default="none", choices=["none", "bmc", "bni", "gai"],
                    help="Balanced MSE variant; replaces --loss (no --reweight)")
     g.add_argument("--bmse_init_sigma", type=float, default=1.0, help="initial noise scale sigma")
@@ -65,6 +86,11 @@ def add_comparator_flags(parser: argparse.ArgumentParser, with_rnc: bool = True,
     g.add_argument("--conr_omega", type=float, default=conr_omega, help="ConR label/prediction similarity window omega")
     g.add_argument("--conr_tau", type=float, default=0.2, help="ConR temperature tau")
     g.add_argument("--conr_e", type=float, default=0.01, help="ConR pushing-weight exponent e")
+    g.add_argument("--oe", action="store_true", help="add Ordinal Entropy on the features RankSim sees")
+    g.add_argument("--oe_lambda_d", type=float, default=1.0, help="Ordinal Entropy: weight of the diversity term")
+    g.add_argument("--oe_lambda_t", type=float, default=1.0, help="Ordinal Entropy: weight of the tightness term")
+    g.add_argument("--dw_alpha", type=float, default=1.0,
+                   help="DenseWeight strength alpha (with --reweight denseweight; 0: all weights 1)")
     if not with_rnc:
         return
     g.add_argument("--rnc", default="none", choices=["none", "encoder", "linear"],
@@ -116,6 +142,29 @@ def check_comparator_flags(args: argparse.Namespace) -> None:
         raise UserError("--rnc linear: pass --pretrained <ckpt.best.pth.tar> of a --rnc encoder run")
     if args.conr and rnc != "none":
         raise UserError("--conr with --rnc: pick one method")
+    check_oe_and_denseweight_flags(args)
+
+
+def check_oe_and_denseweight_flags(args: argparse.Namespace) -> None:
+    """UserError (flag, value, fix) for --oe* and --reweight denseweight / --dw_alpha values that cannot work."""
+    for flag in ("oe_lambda_d", "oe_lambda_t", "dw_alpha"):
+        value = getattr(args, flag)
+        if not (value >= 0 and math.isfinite(value)):
+            raise UserError(f"--{flag} {value}: must be a finite number >= 0")
+    if args.reweight == DENSEWEIGHT and args.lds:
+        raise UserError("--lds: LDS smooths bin counts, DenseWeight (--reweight denseweight) has its own density "
+                        "estimate; drop --lds")
+    if args.oe and getattr(args, "rnc", "none") == "encoder":
+        raise UserError("--oe with --rnc encoder: RnC's first stage trains on its loss alone; drop --oe")
+    if args.oe and env_world_size() > 1:
+        raise UserError("--oe: not supported under torchrun yet (its class centres are per batch); run it in one "
+                        "process")
+
+
+def dense_sample_weights(args: argparse.Namespace, train_labels) -> np.ndarray:
+    """--reweight denseweight: DenseWeight's weights (float32 [N], mean 1) of the train labels [N] or [N, 1],
+    fitted on them with --dw_alpha (Silverman bandwidth, 4,096-point grid, eps 1e-6)."""
+    return DenseWeight(alpha=args.dw_alpha).fit(train_labels)(train_labels)
 
 
 def comparator_run_name(args: argparse.Namespace) -> list:
@@ -127,6 +176,10 @@ def comparator_run_name(args: argparse.Namespace) -> list:
         parts += ["conr", str(args.conr_beta)]
     if getattr(args, "rnc", "none") != "none":
         parts += ["rnc", args.rnc]
+    if args.reweight == DENSEWEIGHT:
+        parts += ["dw", str(args.dw_alpha)]
+    if args.oe:
+        parts += ["oe", str(args.oe_lambda_d), str(args.oe_lambda_t)]
     return parts
 
 

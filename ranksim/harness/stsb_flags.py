@@ -13,12 +13,16 @@ from typing import Optional, Sequence
 
 from ranksim.harness.checkpoint import check_checkpoint_flag, load_checkpoint
 from ranksim.harness.cli import OneLineArgumentParser, UserError
-from ranksim.harness.comparators import add_comparator_flags, check_comparator_flags, comparator_run_name
+from ranksim.harness.comparators import (
+    SAMPLE_WEIGHTINGS,
+    add_comparator_flags,
+    check_comparator_flags,
+    comparator_run_name,
+)
 from ranksim.harness.distributed import env_world_size
 from ranksim.harness.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
 from ranksim.harness.run import BEST_NAME, CKPT_NAME
 from ranksim.losses import LOSSES
-from ranksim.weighting import REWEIGHTS
 
 DATASET = "sts-b"
 DESCRIPTION = ("Train and evaluate the STS-B-DIR BiLSTM regressor, with LDS / FDS / re-weighting / RankSim "
@@ -62,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max_vals", type=int, default=300, help="maximum number of validation checks")
     a("--patience", type=int, default=30, help="early stop: see docs/published_behaviour.md §8 (P = patience + 1)")
     # imbalance methods
-    a("--reweight", default="none", choices=list(REWEIGHTS), help="cost-sensitive re-weighting")
+    a("--reweight", default="none", choices=list(SAMPLE_WEIGHTINGS),
+      help="cost-sensitive re-weighting (denseweight: DenseWeight, see --dw_alpha)")
     a("--lds", action="store_true", help="label distribution smoothing of the re-weighting")
     a("--lds_kernel", default="gaussian", choices=["gaussian", "triang", "laplace"])
     a("--lds_ks", type=int, default=5)
