@@ -164,6 +164,7 @@ def run_identity(args: Dict[str, object], benchmark: Benchmark) -> Tuple[Tuple[s
         ("bmse", str(args.get("bmse", "none"))),
         ("conr", bool(args.get("conr", False))),
         ("rnc", str(args.get("rnc", "none"))),
+        ("oe", bool(args.get("oe", False))),  # Ordinal Entropy (DenseWeight is a --reweight value)
     )
 
 
@@ -375,9 +376,36 @@ def model_flags(flags: Sequence[str]) -> Tuple[str, ...]:
 # - Rank-N-Contrast: stage 1 (encoder; its head is untrained, so its numbers mean nothing) and stage 2
 #   (linear head on the frozen encoder), with the reference schedules (train.py's --rnc defaults) on
 #   ResNet-50 like the other rows (the reference uses ResNet-18); age benchmarks only. No published number in Yang et al.'s protocol is known here.
+# - Ordinal Entropy (Zhang et al., ICLR 2023) and DenseWeight (Steininger et al., Machine Learning 2021),
+#   as re-run by Puetz et al. (Artif. Intell. Rev. 2026), whose schedules set batch and lr per method
+#   family: DenseWeight is a re-weighting, so it takes the rows' baseline schedule (age: batch 256,
+#   lr 1e-3); OE, a feature regularizer, takes RankSim's schedule on each benchmark (AgeDB-DIR: batch
+#   64, lr 2.5e-4, as Puetz et al. give RankSim and ConR; IMDB-WIKI-DIR: 256, 1e-3). OE's code has no
+#   AgeDB settings, so this is our choice; lambda_d = lambda_t = 1 as in its integration. DenseWeight
+#   uses alpha 1.0 (its package default). Alone and with RankSim. No number in Yang et al.'s protocol
+#   has been checked for either, so no published cell is shown.
 # ------------------------------------------------------------------------------------------------
 
-COMPARATOR_GROUPS = ("Balanced MSE", "ConR", "Rank-N-Contrast (two stages)")
+COMPARATOR_GROUPS = ("Balanced MSE", "ConR", "Rank-N-Contrast (two stages)", "Ordinal Entropy", "DenseWeight")
+DENSEWEIGHT_FLAGS = ("--reweight", "denseweight", "--dw_alpha", "1.0")
+RANKSIM_TERM_FLAGS = ("--regularization_weight", "--interpolation_lambda")
+
+
+def ranksim_schedule(benchmark: Benchmark) -> Tuple[str, ...]:
+    """The batch / lr flags of ``benchmark``'s RankSim rows, without RankSim's own (flag, value) pairs."""
+    pairs = zip(benchmark.ranksim_flags[::2], benchmark.ranksim_flags[1::2])
+    return tuple(token for flag, value in pairs if flag not in RANKSIM_TERM_FLAGS for token in (flag, value))
+
+
+def oe_denseweight_specs(benchmark: Benchmark) -> list:
+    """(group, key, name, flags, stage-1 key, ranksim) of the Ordinal Entropy and DenseWeight rows."""
+    rs = benchmark.ranksim_flags
+    return [
+        ("Ordinal Entropy", "oe", "OE", ("--oe",) + ranksim_schedule(benchmark), None, False),
+        ("Ordinal Entropy", "oe-ranksim", "OE+RankSim", ("--oe",) + rs, None, True),
+        ("DenseWeight", "denseweight", "DenseWeight", DENSEWEIGHT_FLAGS + benchmark.baseline_flags, None, False),
+        ("DenseWeight", "denseweight-ranksim", "DenseWeight+RankSim", DENSEWEIGHT_FLAGS + rs, None, True),
+    ]
 # (STS-B counts iterations, not epochs: its stage 2 keeps the program's schedule and early stop.)
 BMSE_STAGE2 = ("--retrain_fc", "--lr", "1e-4")
 BMSE_STAGE2_EPOCHS = ("--epoch", "10")
@@ -412,6 +440,7 @@ def build_comparator_rows(benchmark: Benchmark) -> List[Row]:
             ("Rank-N-Contrast (two stages)", "rnc-encoder", "RnC stage 1 (encoder)", RNC_ENCODER, None, False),
             ("Rank-N-Contrast (two stages)", "rnc", "RnC", RNC_LINEAR, "rnc-encoder", False),
         ]
+    specs += oe_denseweight_specs(benchmark)
     return [Row(key=key, name=name, group=group, flags=flags, stage1=stage1, ranksim=ranksim,
                 identity=run_identity(flags_to_args(flags, benchmark), benchmark))
             for group, key, name, flags, stage1, ranksim in specs]
