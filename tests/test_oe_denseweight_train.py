@@ -74,6 +74,8 @@ def test_run_names_carry_the_methods():
     (["--reweight", "denseweight", "--lds"], "DenseWeight (--reweight denseweight) has its own density"),
     (["--oe", "--oe_lambda_d", "nan"], "--oe_lambda_d nan: must be a finite number >= 0"),
     (["--oe", "--rnc", "encoder"], "drop --oe"),
+    (["--dw_alpha", "0.5"], "--dw_alpha 0.5: only read with --reweight denseweight"),
+    (["--oe_lambda_t", "2"], "--oe_lambda_t 2.0: only read with --oe"),
 ])
 def test_flag_errors_are_one_line_and_create_nothing(extra, message, data, tmp_path):  # noqa: F811
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:

@@ -151,6 +151,12 @@ def check_oe_and_denseweight_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if not (value >= 0 and math.isfinite(value)):
             raise UserError(f"--{flag} {value}: must be a finite number >= 0")
+    if args.reweight != DENSEWEIGHT and args.dw_alpha != 1.0:  # a value the run would silently ignore
+        raise UserError(f"--dw_alpha {args.dw_alpha}: only read with --reweight denseweight; add that, or drop "
+                        "--dw_alpha")
+    if not args.oe and (args.oe_lambda_d != 1.0 or args.oe_lambda_t != 1.0):
+        raise UserError(f"--oe_lambda_d {args.oe_lambda_d} / --oe_lambda_t {args.oe_lambda_t}: only read with --oe; "
+                        "add --oe, or drop them")
     if args.reweight == DENSEWEIGHT and args.lds:
         raise UserError("--lds: LDS smooths bin counts, DenseWeight (--reweight denseweight) has its own density "
                         "estimate; drop --lds")
