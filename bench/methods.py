@@ -12,6 +12,11 @@ a vanilla and a RankSim step measured in the same run:
   conr            L1 + 4 * ConR on two extra views (three forward passes): --conr
   conr+ranksim    both regularizers
   rnc             Rank-N-Contrast stage 1 (RnC loss on 2B views, no regression): --rnc encoder
+  oe              L1 + Ordinal Entropy on the features (lambda_d = lambda_t = 1): --oe
+  oe+ranksim      both regularizers
+  denseweight     L1 weighted by DenseWeight (alpha 1) of the batch labels: --reweight denseweight; the
+                  weights ride with the batch like SQINV's, so the step is vanilla's. Fitting them is
+                  once per run, printed separately (IMDB-WIKI-DIR's train size).
 
     python bench/methods.py                 # CPU (ResNet-18, 32 px, B 32), and CUDA too (ResNet-50, 224 px, B 64)
     python bench/methods.py --device cuda
@@ -19,6 +24,7 @@ a vanilla and a RankSim step measured in the same run:
 """
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -27,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import AgeSteps, run_benchmark  # noqa: E402
 from train_step import RANKSIM_FLAGS, median_step_seconds, synchronize  # noqa: E402  (the RankSim step bench's timer)
 
+from ranksim.denseweight import DenseWeight  # noqa: E402
 from ranksim.harness.models.resnet import build_model  # noqa: E402
 
 # Each variant's command-line flags of agedb-dir/train.py (the comparators' other settings: their defaults).
@@ -39,7 +46,11 @@ VARIANT_FLAGS = {
     "conr": ["--conr"],
     "conr+ranksim": ["--conr", *RANKSIM_FLAGS],
     "rnc": ["--rnc", "encoder"],
+    "oe": ["--oe"],
+    "oe+ranksim": ["--oe", *RANKSIM_FLAGS],
+    "denseweight": ["--reweight", "denseweight"],
 }
+DENSEWEIGHT_FIT_LABELS = 191_509  # IMDB-WIKI-DIR's train split
 VARIANTS = tuple(VARIANT_FLAGS)
 
 
@@ -53,6 +64,9 @@ def make_step(steps, device, model_name, batch_size, img_size, variant, train_la
     views = torch.randn(batch_size, 2, 3, img_size, img_size, device=device)
     labels = torch.randint(0, 101, (batch_size, 1), device=device).float()
     weights = torch.ones(batch_size, 1, device=device)
+    if variant == "denseweight":  # the program stores each sample's weight with it; the loader yields them
+        dense = DenseWeight().fit(train_labels)(labels.cpu().numpy())
+        weights = torch.from_numpy(dense).reshape(batch_size, 1).to(device)
     # Rank-N-Contrast's loader yields the two strong views in the images' place (no regression batch).
     batch = [(views, labels, weights)] if variant == "rnc" else [(images, labels, weights, views)]
     return steps.make(model, optimizer, batch, VARIANT_FLAGS[variant], train_labels)
@@ -78,7 +92,17 @@ def run_device(device, quick):
     for variant in VARIANTS:
         m = medians[variant]
         print(f"{variant:>13} {m * 1e3:>9.1f} {m / medians['vanilla']:>9.2f}x {m / medians['ranksim']:>9.2f}x")
+    if device.type == "cpu":
+        print(f"DenseWeight fit on {DENSEWEIGHT_FIT_LABELS:,} ages (once per run): {denseweight_fit_seconds():.2f} s")
     return []
+
+
+def denseweight_fit_seconds() -> float:
+    """Wall time of fitting DenseWeight and weighting every train label, for IMDB-WIKI-DIR's train size."""
+    ages = np.random.default_rng(0).integers(1, 101, size=DENSEWEIGHT_FIT_LABELS).astype(np.float64)
+    start = time.perf_counter()
+    DenseWeight().fit(ages)(ages)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
