@@ -21,8 +21,9 @@ def regularizer_for(path):
     if path == "public":
         return batchwise_ranking_regularizer
 
-    def masked(features, targets, lam, label_distance="l1"):
-        return batchwise_ranking_regularizer(features, targets, lam, label_distance=label_distance, form="masked")
+    def masked(features, targets, lam, label_distance="l1", **kwargs):
+        return batchwise_ranking_regularizer(features, targets, lam, label_distance=label_distance, form="masked",
+                                             **kwargs)
 
     return masked
 
@@ -531,3 +532,77 @@ def test_scaling_bench_quick_runs_and_prints_ratios():
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:2] in ("16", "32")]
     assert len(rows) == 4 and all(row[5].endswith("x") for row in rows)
     assert result.stdout.count("PASS") + result.stdout.count("FAIL") == 2
+
+
+# ---------------------------------------------------------------- scale-correct gradient (gamma=)
+
+
+def scaled_feature_grad(fn, features, targets, scale, seed=0):
+    """The feature gradient of (scale * fn(features, targets)), divided by scale: what a GradScaler's
+    unscale gives. The same tie draw for every scale (seed)."""
+    leaf = features.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    (scale * fn(leaf, targets)).backward()
+    return leaf.grad / scale
+
+
+def age_like_batch(seed, batch=48, dim=24):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, dim, generator=gen)
+    targets = (torch.randn(batch, generator=gen) * 12 + 40).round().reshape(batch, 1)  # repeated ages
+    return features, targets
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** 8, 2.0 ** 16])
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_does_not_change_with_a_factor_on_the_loss(scale, path):
+    from ranksim import RankSim
+
+    features, targets = age_like_batch(21)
+    form = {"form": "masked"} if path == "masked" else {}
+    module = RankSim(gamma=100.0, interp_strength_lambda=2.0)
+    scale_correct = (
+        lambda f, t: module(f, t),  # RankSim passes gamma itself
+        lambda f, t: 100.0 * batchwise_ranking_regularizer(f, t, 2.0, gamma=100.0, **form),
+    )
+    for fn in scale_correct:
+        expected = scaled_feature_grad(fn, features, targets, 1.0)
+        assert expected.abs().max() > 0
+        assert_close_rel(scaled_feature_grad(fn, features, targets, scale), expected, rel=1e-3)
+    if scale > 1:  # the published gradient (gamma=None) is the one that shrinks: what the test guards against
+        published = lambda f, t: 100.0 * batchwise_ranking_regularizer(f, t, 2.0, **form)  # noqa: E731
+        shrunk = scaled_feature_grad(published, features, targets, scale).norm()
+        assert shrunk < 0.5 * scaled_feature_grad(published, features, targets, 1.0).norm()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("gamma", [1.0, 0.3, 100.0])
+def test_gamma_path_without_scaling_equals_the_published_one_exactly(gamma, path):
+    features, targets = age_like_batch(22)
+    fn = regularizer_for(path)
+    torch.manual_seed(6)
+    loss, grad = loss_and_grad(lambda f, t, lam: gamma * fn(f, t, lam, gamma=gamma), features, targets, 2.0)
+    torch.manual_seed(6)
+    ref, ref_grad = loss_and_grad(lambda f, t, lam: gamma * fn(f, t, lam), features, targets, 2.0)
+    assert torch.equal(loss, ref) and torch.equal(grad, ref_grad)
+    # ... and the published gradient is the plain per-row loop's (on the samples the tie reduction kept).
+    torch.manual_seed(6)
+    kept_features, kept_targets = reduce_ties(features, targets)
+    kept_rows = [int((features == row).all(dim=1).nonzero()[0, 0]) for row in kept_features]
+    leaf = features.clone().requires_grad_(True)
+    (gamma * ref_loss_no_reduction(leaf[kept_rows], kept_targets, 2.0)).backward()
+    assert_close_rel(grad, leaf.grad)
+
+
+def test_ranksim_gamma_zero_gives_zero_and_zero_gradient():
+    from ranksim import RankSim
+
+    features, targets = age_like_batch(23)
+    loss, grad = loss_and_grad(lambda f, t: RankSim(0.0, 2.0)(f, t), features, targets)
+    assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(features))
+
+
+@pytest.mark.parametrize("gamma", [0, 0.0, -1.0, float("nan"), float("inf"), "1", True])
+def test_gamma_must_be_a_finite_positive_number(gamma):
+    with pytest.raises(ValueError, match=r"^gamma=.*must be a finite number > 0"):
+        batchwise_ranking_regularizer(torch.randn(4, 3), torch.arange(4.0), 2.0, gamma=gamma)
