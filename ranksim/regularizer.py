@@ -60,14 +60,16 @@ NORMALIZE_EPS = 1e-12  # F.normalize's default: the similarities are computed ex
 
 
 def _eager_under_compile(function: Callable) -> Callable:
-    """``torch.compiler.disable(function)``, made on the first call instead of at import: the decorator
-    imports torch._dynamo, which costs about 1.3 s per process (every train.py, test subprocess and
-    DataLoader worker) that never compiles anything. Under torch.compile the call runs eagerly."""
+    """``function``, run eagerly under torch.compile (through ``torch.compiler.disable``, made on the
+    first call under compile): the decorator imports torch._dynamo, which costs about 1.3 s per
+    process (every train.py, test subprocess and DataLoader worker) that never compiles anything."""
     disabled = None
 
     @functools.wraps(function)
     def call(*args, **kwargs):
         nonlocal disabled
+        if not _is_compiling():  # eager callers never pay for importing torch._dynamo
+            return function(*args, **kwargs)
         if disabled is None:
             disabled = torch.compiler.disable(function)
         return disabled(*args, **kwargs)

@@ -606,3 +606,91 @@ def test_ranksim_gamma_zero_gives_zero_and_zero_gradient():
 def test_gamma_must_be_a_finite_positive_number(gamma):
     with pytest.raises(ValueError, match=r"^gamma=.*must be a finite number > 0"):
         batchwise_ranking_regularizer(torch.randn(4, 3), torch.arange(4.0), 2.0, gamma=gamma)
+
+
+# ---------------------------------------------------------------- tie_keys, torch.compile(fullgraph=True), CUDA graphs
+
+
+def ties_batch(seed, batch=12, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, 6, generator=gen)
+    targets = torch.randint(0, 5, (batch, 1), generator=gen).float()  # ties: the keys pick the kept samples
+    return features.to(device), targets.to(device)
+
+
+def test_tie_keys_are_the_draw_the_function_makes():
+    features, targets = ties_batch(30, batch=40)
+    torch.manual_seed(8)
+    drawn = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0)
+    torch.manual_seed(8)
+    keys = torch.rand(40)
+    given = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0, tie_keys=keys)
+    assert torch.equal(drawn[0], given[0]) and torch.equal(drawn[1], given[1])
+    other = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0, tie_keys=torch.rand(40))
+    assert not torch.equal(other[1], given[1])  # other keys keep other samples
+    with pytest.raises(ValueError, match=r"^tie_keys: expected a float tensor of shape \(40,\).*got \(39,\)"):
+        batchwise_ranking_regularizer(features, targets, 2.0, tie_keys=torch.rand(39))
+
+
+def test_compiles_with_fullgraph_when_given_tie_keys():
+    # aot_eager traces forward and backward into graphs as inductor would, without generating code
+    # (inductor itself takes about a minute on this 2-core machine; it also gives these numbers).
+    features, targets = ties_batch(31)
+    keys = torch.rand(12, generator=torch.Generator().manual_seed(2))
+
+    def regularizer(f, t, k):
+        return 3.0 * batchwise_ranking_regularizer(f, t, 2.0, gamma=3.0, tie_keys=k)
+
+    eager = loss_and_grad(regularizer, features, targets, keys)
+    compiled = loss_and_grad(torch.compile(regularizer, fullgraph=True, backend="aot_eager"), features, targets, keys)
+    assert eager[1].abs().max() > 0
+    assert torch.equal(compiled[0], eager[0]) and torch.allclose(compiled[1], eager[1], rtol=1e-5, atol=1e-7)
+
+
+def test_import_and_call_do_not_import_dynamo():
+    code = ("import sys, torch, ranksim; ranksim.RankSim(1.0, 2.0)(torch.randn(5, 3), torch.tensor([1., 1, 2, 3, 4])); "
+            "print('torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+def test_a_step_with_ranksim_is_captured_in_a_cuda_graph():
+    import copy
+
+    from ranksim import RankSim
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    body = torch.nn.Linear(6, 16).to(device)
+    twin = copy.deepcopy(body)  # the same weights, run eagerly for reference
+    ranksim_loss = RankSim(gamma=2.0, interp_strength_lambda=2.0)
+    x, targets = ties_batch(32, batch=32, device=device)
+    keys = torch.rand(32, device=device)  # a static input of the graph: new draws are copied in
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph (cuBLAS handles, sort buffers)
+        for _ in range(2):
+            body.zero_grad(set_to_none=True)
+            ranksim_loss(body(x), targets, tie_keys=keys).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    body.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        captured_loss = ranksim_loss(body(x), targets, tie_keys=keys)
+        captured_loss.backward()
+    captured_grad = body.weight.grad
+    losses = set()
+    for seed in range(3):
+        keys.copy_(torch.rand(32, generator=torch.Generator().manual_seed(seed)).to(device))
+        graph.replay()
+        twin.zero_grad(set_to_none=True)
+        eager = ranksim_loss(twin(x), targets, tie_keys=keys)
+        eager.backward()
+        torch.cuda.synchronize()
+        assert torch.allclose(captured_loss, eager, rtol=1e-6)
+        assert torch.allclose(captured_grad, twin.weight.grad, rtol=1e-4, atol=1e-6)
+        losses.add(captured_loss.item())
+    assert len(losses) > 1  # the replays used the new keys
