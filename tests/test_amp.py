@@ -145,3 +145,9 @@ def test_gpu_bench_quick_runs_every_section():
     assert [r[4] for r in steps] == ["fp32", "fp32+ranksim", "bf16cl", "bf16cl+ranksim"]
     assert all(float(r[5]) > 0 and r[6] == "img/s" for r in steps)
     assert len(loader) == 2 and all(float(r[4]) > 0 for r in loader)
+    ops = [r for r in rows if r[:4] == ["a", "target", "ops", "dispatched"]]  # counted on CPU: a real verdict
+    assert len(ops) == 1 and ops[0][-1] in ("met", "MISSED") and int(ops[0][ops[0].index("ops", 4) - 1]) > 20
+    assert [r[5] for r in rows if r[:2] == ["d", "STS-B"]] == ["vanilla", "ranksim"]
+    verdicts = [r[-2:] for r in rows if r[1:2] == ["target"]]
+    assert ["needs", "CUDA"] in verdicts  # GPU targets measured on a CPU say so instead of met / MISSED
+    assert all(v[-1] in ("met", "MISSED") or v == ["needs", "CUDA"] for v in verdicts)

@@ -694,3 +694,18 @@ def test_a_step_with_ranksim_is_captured_in_a_cuda_graph():
         assert torch.allclose(captured_grad, twin.weight.grad, rtol=1e-4, atol=1e-6)
         losses.add(captured_loss.item())
     assert len(losses) > 1  # the replays used the new keys
+
+
+def test_bench_op_count_sees_the_short_fixed_sequence(monkeypatch):
+    # bench/regularizer.py's count of dispatched compute operators (what bench/gpu.py reports): a fixed
+    # sequence of at most 45 (46 with gamma=), three of them row sorts of the B x B matrices plus the
+    # two sorts of the tie reduction, and nothing that waits for the device.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from regularizer import count_dispatched_ops
+
+    published = count_dispatched_ops(batch=24, dim=8, gamma=None)
+    scale_correct = count_dispatched_ops(batch=24, dim=8, gamma=100.0)
+    assert sum(published.values()) <= 45 and sum(scale_correct.values()) <= 46
+    assert published["aten.sort"] == 5 and published["aten.mm"] == 2 and published["aten.index_copy_"] == 1
+    assert not {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select"} & set(scale_correct)
+    assert count_dispatched_ops(batch=24, dim=8, gamma=None) == published  # the same sequence every call
