@@ -394,7 +394,7 @@ class _RankingLoss(torch.autograd.Function):
     Backward in closed form (why one node: a short, fixed kernel sequence, and the scale rule): with G
     the gradient arriving at R, TrueRanker's incoming gradient is G * dR/dr = G * 2 (r - l) / n. The
     published blackbox gradient perturbs S by lambda times it; with ``gamma`` the perturbation uses
-    gamma * dR/dr instead and the result is multiplied by G / gamma (module docstring of the function).
+    gamma * dR/dr instead and the result is multiplied by G / gamma (see batchwise_ranking_regularizer).
     Then the chain rule through S = xn xn^T and xn = x / max(|x|, eps) is written out: dS -> (dS + dS^T) xn,
     then (g - xn (g . xn)) / max(|x|, eps) per row (exact for rows of norm >= eps = 1e-12; below that,
     F.normalize's autograd gives g / eps and this formula differs: such rows carry no direction anyway).
