@@ -206,7 +206,8 @@ def train_one_epoch(model, loader, optimizer, weighted_loss, epoch, args, run, o
                     if args.regularization_weight > 0:
                         features, batch_targets = global_batch(features, targets)  # all ranks' batch under torchrun
                         ranksim = args.regularization_weight * batchwise_ranking_regularizer(
-                            features, batch_targets, args.interpolation_lambda, generator=global_batch.generator)
+                            features, batch_targets, args.interpolation_lambda, generator=global_batch.generator,
+                            gamma=args.regularization_weight)  # scale-correct under fp16 loss scaling
                         loss = loss + ranksim
                 if comparator.view_loss is not None:  # ConR / Rank-N-Contrast on two augmented views
                     loss = loss + comparator.view_loss(model, views[0] if views else images, targets, weights)

@@ -12,7 +12,12 @@ code (only a numerical mismatch between the two implementations does).
     python bench/regularizer.py --device cuda
     python bench/regularizer.py --quick       # tiny sizes, smoke test
     python bench/regularizer.py --threads 1   # steadier numbers when other jobs share the cores
+
+``count_dispatched_ops`` (used by bench/gpu.py) counts the compute operators of one forward + backward
+on CPU: a device-independent proxy for the kernels a GPU launches (issue 20: <= 45 at B = 256).
 """
+import collections
+import contextlib
 import os
 import statistics
 import time
@@ -152,6 +157,44 @@ def check_no_sync_on_cuda(features, targets):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return "no host-device sync (torch.cuda sync debug mode 'error')"
+
+
+# ------------------------------------------------------------------ dispatched-op count (issue 20)
+
+# Not compute: allocations and index ranges (views are recognised by their schema, func.is_view).
+NOT_COMPUTE = {"aten.empty", "aten.empty_like", "aten.empty_strided", "aten.zeros", "aten.zeros_like", "aten.ones",
+               "aten.ones_like", "aten.full", "aten.full_like", "aten.new_empty", "aten.new_empty_strided",
+               "aten.new_zeros", "aten.new_ones", "aten.new_full", "aten.scalar_tensor", "aten.arange",
+               "aten.lift_fresh", "aten.detach"}
+MAX_DISPATCHED_OPS = 45
+
+
+def count_dispatched_ops(batch=256, dim=2048, form="masked", gamma=100.0):
+    """Compute operators the regularizer dispatches in one forward + backward, on CPU (a Counter of
+    'aten.<op>' names): a device-independent proxy for the kernels a GPU launches. Views,
+    allocations and aranges are left out; the leaf is fresh (no gradient accumulation is counted).
+    AgeDB-like labels (integer ages, many ties), D = ``dim``; ``form='masked'`` is what runs on an
+    accelerator, ``gamma`` as the programs pass it (None: the published call)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            if not (func.is_view or name in NOT_COMPUTE):
+                self.ops[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    features, targets = make_batch(batch, dim, "agedb", torch.device("cpu"), torch.Generator().manual_seed(0))
+    extra = {} if gamma is None else {"gamma": gamma}
+    for counting in (False, True):  # the first call settles anything done once per process
+        leaf = features.clone().requires_grad_(True)
+        with Recorder() if counting else contextlib.nullcontext() as recorder:
+            batchwise_ranking_regularizer(leaf, targets, LAMBDA, form=form, **extra).backward()
+    return recorder.ops
 
 
 # ------------------------------------------------------------------ main

@@ -45,9 +45,11 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def published_loop(features, targets, interpolation_lambda, generator=None):
+def published_loop(features, targets, interpolation_lambda, generator=None, gamma=None):
     """The per-row loop with the library function's signature. ``generator`` is GlobalBatch's, None on
-    one process; the loop draws its tie picks from torch's global RNG, as the library then does."""
+    one process; the loop draws its tie picks from torch's global RNG, as the library then does.
+    ``gamma`` (the program passes its weight) is ignored: the loop is the published gradient, which
+    is the same number when nothing scales the loss (fp32, as timed here)."""
     return loop_regularizer(features, targets, interpolation_lambda)
 
 

@@ -30,7 +30,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from ranksim.regularizer import batchwise_ranking_regularizer
+from ranksim.regularizer import weighted_regularizer
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -139,6 +139,7 @@ class GatheredRankSim:
     def __call__(self, features: torch.Tensor, targets: torch.Tensor,
                  sizes: Optional[Sequence[int]] = None) -> torch.Tensor:
         all_features, all_targets = gather_global_batch(features, targets, sizes)
-        # float32 also under autocast: the regularizer computes in float32 itself
-        return self.gamma * batchwise_ranking_regularizer(all_features, all_targets, self.interp_strength_lambda,
-                                                          generator=self.generator, label_distance=self.label_distance)
+        # float32 also under autocast: the regularizer computes in float32 itself. gamma * R with gamma=
+        # passed, so its gradient does not change with a factor on the loss (as RankSim's).
+        return weighted_regularizer(self.gamma, all_features, all_targets, self.interp_strength_lambda,
+                                    generator=self.generator, label_distance=self.label_distance)

@@ -49,11 +49,21 @@ def masked_rank_normalised(
     if keep is not None and n_kept is None:
         raise ValueError("masked_rank_normalised: n_kept (a 0-d tensor) is required with keep")
     m = x.shape[-1]
-    ascending = _ascending_order(x, keep)
-    # Ascending position p holds rank m - 1 - p, i.e. (rank + 1) / n = (m - p) / n.
     denominator = m if keep is None else n_kept.to(torch.float32)
-    values = (m - torch.arange(m, device=x.device, dtype=torch.float32)) / denominator
-    out = torch.empty(ascending.shape, dtype=torch.float32, device=x.device)
+    return ranks_from_order(_ascending_order(x, keep), rank_values(m, denominator, x.device))
+
+
+def rank_values(m: int, n, device: torch.device) -> torch.Tensor:
+    """float32 [m]: ``(m - p) / n`` for ascending positions p = 0 .. m - 1, the normalised rank that
+    the element at ascending position p of a row of m gets (its rank is m - 1 - p). ``n`` (int or
+    0-d tensor, e.g. the count of kept columns) is the normaliser; m - p is exact in float32."""
+    return torch.arange(m, 0, -1, device=device, dtype=torch.float32) / n
+
+
+def ranks_from_order(ascending: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Normalised ranks [n, m] from each row's ascending order (int64 [n, m], as from a stable sort)
+    and :func:`rank_values` [m]: element ``ascending[i, p]`` of row i gets ``values[p]``. One scatter."""
+    out = torch.empty(ascending.shape, dtype=torch.float32, device=ascending.device)
     return out.scatter_(-1, ascending, values.expand_as(ascending))
 
 

@@ -217,7 +217,8 @@ def train_step(model, batch, optimizer, weighted_loss, global_batch, args, epoch
             # the scale). Under torchrun it sees the global batch (identity on one process).
             global_features, global_scores = global_batch(features, scores, sizes=sizes)
             ranksim = args.regularization_weight * batchwise_ranking_regularizer(
-                global_features, global_scores, args.interpolation_lambda, generator=global_batch.generator)
+                global_features, global_scores, args.interpolation_lambda, generator=global_batch.generator,
+                gamma=args.regularization_weight)  # scale-correct under fp16 loss scaling
             loss = loss + ranksim
         if view_loss is not None:  # ConR on two dropout draws of the batch (ranksim.harness.comparators)
             loss = loss + view_loss(model, inputs, targets, weights)

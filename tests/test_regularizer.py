@@ -21,8 +21,9 @@ def regularizer_for(path):
     if path == "public":
         return batchwise_ranking_regularizer
 
-    def masked(features, targets, lam, label_distance="l1"):
-        return batchwise_ranking_regularizer(features, targets, lam, label_distance=label_distance, form="masked")
+    def masked(features, targets, lam, label_distance="l1", **kwargs):
+        return batchwise_ranking_regularizer(features, targets, lam, label_distance=label_distance, form="masked",
+                                             **kwargs)
 
     return masked
 
@@ -531,3 +532,185 @@ def test_scaling_bench_quick_runs_and_prints_ratios():
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:2] in ("16", "32")]
     assert len(rows) == 4 and all(row[5].endswith("x") for row in rows)
     assert result.stdout.count("PASS") + result.stdout.count("FAIL") == 2
+
+
+# ---------------------------------------------------------------- scale-correct gradient (gamma=)
+
+
+def scaled_feature_grad(fn, features, targets, scale, seed=0):
+    """The feature gradient of (scale * fn(features, targets)), divided by scale: what a GradScaler's
+    unscale gives. The same tie draw for every scale (seed)."""
+    leaf = features.detach().clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    (scale * fn(leaf, targets)).backward()
+    return leaf.grad / scale
+
+
+def age_like_batch(seed, batch=48, dim=24):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, dim, generator=gen)
+    targets = (torch.randn(batch, generator=gen) * 12 + 40).round().reshape(batch, 1)  # repeated ages
+    return features, targets
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** 8, 2.0 ** 16])
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_does_not_change_with_a_factor_on_the_loss(scale, path):
+    from ranksim import RankSim
+
+    features, targets = age_like_batch(21)
+    form = {"form": "masked"} if path == "masked" else {}
+    module = RankSim(gamma=100.0, interp_strength_lambda=2.0)
+    scale_correct = (
+        lambda f, t: module(f, t),  # RankSim passes gamma itself
+        lambda f, t: 100.0 * batchwise_ranking_regularizer(f, t, 2.0, gamma=100.0, **form),
+    )
+    for fn in scale_correct:
+        expected = scaled_feature_grad(fn, features, targets, 1.0)
+        assert expected.abs().max() > 0
+        assert_close_rel(scaled_feature_grad(fn, features, targets, scale), expected, rel=1e-3)
+    if scale > 1:  # the published gradient (gamma=None) is the one that shrinks: what the test guards against
+        published = lambda f, t: 100.0 * batchwise_ranking_regularizer(f, t, 2.0, **form)  # noqa: E731
+        shrunk = scaled_feature_grad(published, features, targets, scale).norm()
+        assert shrunk < 0.5 * scaled_feature_grad(published, features, targets, 1.0).norm()
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("gamma", [1.0, 0.3, 100.0])
+def test_gamma_path_without_scaling_equals_the_published_one_exactly(gamma, path):
+    features, targets = age_like_batch(22)
+    fn = regularizer_for(path)
+    torch.manual_seed(6)
+    loss, grad = loss_and_grad(lambda f, t, lam: gamma * fn(f, t, lam, gamma=gamma), features, targets, 2.0)
+    torch.manual_seed(6)
+    ref, ref_grad = loss_and_grad(lambda f, t, lam: gamma * fn(f, t, lam), features, targets, 2.0)
+    assert torch.equal(loss, ref) and torch.equal(grad, ref_grad)
+    # ... and the published gradient is the plain per-row loop's (on the samples the tie reduction kept).
+    torch.manual_seed(6)
+    kept_features, kept_targets = reduce_ties(features, targets)
+    kept_rows = [int((features == row).all(dim=1).nonzero()[0, 0]) for row in kept_features]
+    leaf = features.clone().requires_grad_(True)
+    (gamma * ref_loss_no_reduction(leaf[kept_rows], kept_targets, 2.0)).backward()
+    assert_close_rel(grad, leaf.grad)
+
+
+def test_ranksim_gamma_zero_gives_zero_and_zero_gradient():
+    from ranksim import RankSim
+
+    features, targets = age_like_batch(23)
+    loss, grad = loss_and_grad(lambda f, t: RankSim(0.0, 2.0)(f, t), features, targets)
+    assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(features))
+
+
+@pytest.mark.parametrize("gamma", [0, 0.0, -1.0, float("nan"), float("inf"), "1", True])
+def test_gamma_must_be_a_finite_positive_number(gamma):
+    with pytest.raises(ValueError, match=r"^gamma=.*must be a finite number > 0"):
+        batchwise_ranking_regularizer(torch.randn(4, 3), torch.arange(4.0), 2.0, gamma=gamma)
+
+
+# ---------------------------------------------------------------- tie_keys, torch.compile(fullgraph=True), CUDA graphs
+
+
+def ties_batch(seed, batch=12, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, 6, generator=gen)
+    targets = torch.randint(0, 5, (batch, 1), generator=gen).float()  # ties: the keys pick the kept samples
+    return features.to(device), targets.to(device)
+
+
+def test_tie_keys_are_the_draw_the_function_makes():
+    features, targets = ties_batch(30, batch=40)
+    torch.manual_seed(8)
+    drawn = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0)
+    torch.manual_seed(8)
+    keys = torch.rand(40)
+    given = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0, tie_keys=keys)
+    assert torch.equal(drawn[0], given[0]) and torch.equal(drawn[1], given[1])
+    other = loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0, tie_keys=torch.rand(40))
+    assert not torch.equal(other[1], given[1])  # other keys keep other samples
+    with pytest.raises(ValueError, match=r"^tie_keys: expected a float tensor of shape \(40,\).*got \(39,\)"):
+        batchwise_ranking_regularizer(features, targets, 2.0, tie_keys=torch.rand(39))
+
+
+def test_compiles_with_fullgraph_when_given_tie_keys():
+    # aot_eager traces forward and backward into graphs as inductor would, without generating code
+    # (inductor itself takes about a minute on this 2-core machine; it also gives these numbers).
+    features, targets = ties_batch(31)
+    keys = torch.rand(12, generator=torch.Generator().manual_seed(2))
+
+    def regularizer(f, t, k):
+        return 3.0 * batchwise_ranking_regularizer(f, t, 2.0, gamma=3.0, tie_keys=k)
+
+    eager = loss_and_grad(regularizer, features, targets, keys)
+    compiled = loss_and_grad(torch.compile(regularizer, fullgraph=True, backend="aot_eager"), features, targets, keys)
+    assert eager[1].abs().max() > 0
+    assert torch.equal(compiled[0], eager[0]) and torch.allclose(compiled[1], eager[1], rtol=1e-5, atol=1e-7)
+
+
+def test_eager_calls_never_reach_torch_compiler_disable(monkeypatch):
+    # torch.compiler.disable imports torch._dynamo (about 1.3 s per process): eager calls must not use it,
+    # only a call under torch.compile does (the draw and the target check then run eagerly).
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.compiler.disable called outside torch.compile")
+
+    monkeypatch.setattr(torch.compiler, "disable", refuse)
+    features, targets = ties_batch(33)
+    loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0)  # compact form, targets checked
+    loss_and_grad(batchwise_ranking_regularizer, features, targets, 2.0, form="masked")
+    reduce_ties(features, targets)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+def test_a_step_with_ranksim_is_captured_in_a_cuda_graph():
+    import copy
+
+    from ranksim import RankSim
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    body = torch.nn.Linear(6, 16).to(device)
+    twin = copy.deepcopy(body)  # the same weights, run eagerly for reference
+    ranksim_loss = RankSim(gamma=2.0, interp_strength_lambda=2.0)
+    x, targets = ties_batch(32, batch=32, device=device)
+    keys = torch.rand(32, device=device)  # a static input of the graph: new draws are copied in
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph (cuBLAS handles, sort buffers)
+        for _ in range(2):
+            body.zero_grad(set_to_none=True)
+            ranksim_loss(body(x), targets, tie_keys=keys).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    body.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        captured_loss = ranksim_loss(body(x), targets, tie_keys=keys)
+        captured_loss.backward()
+    captured_grad = body.weight.grad
+    losses = set()
+    for seed in range(3):
+        keys.copy_(torch.rand(32, generator=torch.Generator().manual_seed(seed)).to(device))
+        graph.replay()
+        twin.zero_grad(set_to_none=True)
+        eager = ranksim_loss(twin(x), targets, tie_keys=keys)
+        eager.backward()
+        torch.cuda.synchronize()
+        assert torch.allclose(captured_loss, eager, rtol=1e-6)
+        assert torch.allclose(captured_grad, twin.weight.grad, rtol=1e-4, atol=1e-6)
+        losses.add(captured_loss.item())
+    assert len(losses) > 1  # the replays used the new keys
+
+
+def test_bench_op_count_sees_the_short_fixed_sequence(monkeypatch):
+    # bench/regularizer.py's count of dispatched compute operators (what bench/gpu.py reports): a fixed
+    # sequence of at most 45 (46 with gamma=), three of them row sorts of the B x B matrices plus the
+    # two sorts of the tie reduction, and nothing that waits for the device.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from regularizer import count_dispatched_ops
+
+    published = count_dispatched_ops(batch=24, dim=8, gamma=None)
+    scale_correct = count_dispatched_ops(batch=24, dim=8, gamma=100.0)
+    assert sum(published.values()) <= 45 and sum(scale_correct.values()) <= 46
+    assert published["aten.sort"] == 5 and published["aten.mm"] == 2 and published["aten.index_copy_"] == 1
+    assert not {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select"} & set(scale_correct)
+    assert count_dispatched_ops(batch=24, dim=8, gamma=None) == published  # the same sequence every call
