@@ -49,6 +49,7 @@ from ranksim.harness.checkpoint import (
 )
 from ranksim.harness.cli import UserError, cannot_write, interrupt_label, one_line
 from ranksim.harness.distributed import DistContext, broadcast_object, sync_state
+from ranksim.harness.memory import OutOfMemory, is_out_of_memory, out_of_memory_message
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
@@ -217,7 +218,8 @@ class Run:
     Make one with :meth:`for_training`, :meth:`for_resume` or :meth:`for_evaluation` (rank 0 decides the
     directory, the other ranks are told it) and use it as a context manager: a UserError is recorded
     in training.log before it propagates, Ctrl-C / SIGTERM become a KeyboardInterrupt whose message
-    says how to resume, and the log is closed.
+    says how to resume, running out of GPU memory becomes an :class:`OutOfMemory` whose one line (also
+    recorded in training.log) names the phase, the remedies and the --resume command, and the log is closed.
     """
 
     def __init__(self, directory: PathLike, ctx: Optional[DistContext] = None, resumed_from: Optional[str] = None):
@@ -333,6 +335,10 @@ class Run:
                 self.logger.record_error(exc)
             elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (cli.Terminated)
                 raise self.logger.interrupted(self.ckpt_path, exc) from None
+            elif exc is not None and is_out_of_memory(exc):  # the traceback would hide the one line that matters
+                error = OutOfMemory(out_of_memory_message(exc, checkpoint=self.last_good))
+                self.logger.record_error(error)
+                raise error from None
         finally:
             self.logger.close()
 
