@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -398,6 +398,32 @@ def write_results_json(run_dir: PathLike, results: Dict[str, Any]) -> Path:
     text = json.dumps(to_jsonable(results), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
+
+
+DATA_DIR_TYPED = "data_dir_as_typed"  # the recorded flag holding --data_dir as typed (data_dir itself: absolute)
+
+
+def resolve_data_dir(args: Any, explicit: Collection[str] = (), recorded: Optional[Mapping[str, Any]] = None,
+                     source: str = "") -> None:
+    """Make ``args.data_dir`` absolute and keep the typed form in ``args.data_dir_as_typed``.
+
+    Both go into the run's recorded flags (checkpoints, results.json), so whatever reads a run later
+    (figures, --resume, --evaluate, reproduce.py) finds its data from any working directory; a run
+    records flags, not the folder it was started in, so a relative ./data meant nothing elsewhere.
+    --resume / --evaluate of one of our checkpoints (``recorded``: its flags; ``source``: e.g.
+    '--resume <path>' for messages) without --data_dir on the command line (``explicit``: the flags given
+    there) take the checkpoint's recorded absolute folder; a folder moved since is a UserError.
+    """
+    folder = (recorded or {}).get("data_dir")
+    if "data_dir" not in explicit and isinstance(folder, str) and os.path.isabs(folder):
+        typed = (recorded or {}).get(DATA_DIR_TYPED) or folder
+        if not os.path.isdir(folder):
+            raise UserError(f"{source}: its data folder (--data_dir {typed} when trained) is not at {folder}; pass "
+                            "--data_dir FOLDER (the folder now holding the run's split files)")
+        args.data_dir, args.data_dir_as_typed = folder, typed
+        return
+    args.data_dir_as_typed = args.data_dir
+    args.data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
 
 
 def select_device(gpu: Optional[int] = None) -> torch.device:

@@ -16,7 +16,7 @@ from ranksim.harness.cli import OneLineArgumentParser, UserError
 from ranksim.harness.comparators import add_comparator_flags, check_comparator_flags, comparator_run_name
 from ranksim.harness.distributed import env_world_size
 from ranksim.harness.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
-from ranksim.harness.run import BEST_NAME, CKPT_NAME
+from ranksim.harness.run import BEST_NAME, CKPT_NAME, resolve_data_dir
 from ranksim.losses import LOSSES
 from ranksim.weighting import REWEIGHTS
 
@@ -155,14 +155,17 @@ def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
     """--evaluate --eval_model CKPT / --resume CKPT: MODEL_FLAGS from CKPT's recorded flags ('args', written
     by train.py; --evaluate only the SIZE_FLAGS: evaluation never applies FDS); a contradicting flag in
     ``explicit`` (given on the command line) is a UserError. A published model_state_best.th records none:
-    the flags stay as passed, by default the paper's."""
+    the flags stay as passed, by default the paper's. --data_dir becomes absolute (the checkpoint's recorded
+    folder unless given): :func:`~ranksim.harness.run.resolve_data_dir`."""
     flag, path = ("--eval_model", args.eval_model) if args.evaluate else ("--resume", args.resume)
     if not path:
+        resolve_data_dir(args)
         return
     check_checkpoint_flag(flag, path, BEST_NAME if args.evaluate else CKPT_NAME)
     recorded = load_checkpoint(path).get("args")
     if isinstance(recorded, dict):
         adopt_recorded_flags(args, explicit, recorded, SIZE_FLAGS if args.evaluate else MODEL_FLAGS, f"{flag} {path}")
+    resolve_data_dir(args, explicit, recorded if isinstance(recorded, dict) else None, f"{flag} {path}")
 
 
 def run_name(args: argparse.Namespace) -> str:
