@@ -55,7 +55,6 @@ from ranksim.harness.loop import (
     set_train_mode,
     update_fds_statistics,
 )
-from ranksim.harness.memory import describe_run, set_phase
 from ranksim.harness.run import (
     SCALER_KEY,
     Run,
@@ -88,8 +87,6 @@ def train_and_test(args, ctx) -> dict:
     seed_everything(args.seed + ctx.rank)  # rank r draws its own augmentations; DDP copies rank 0's initial weights
     options = make_step_options(args.amp, args.channels_last, device, mean_over_ranks if ctx.distributed else None)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input size: let cuDNN pick its fastest kernels
-    describe_run(device.type, args.batch_size, args.lr, args.amp, ctx.world_size, ctx.rank, args.img_size,
-                 args.channels_last)  # for the one-line message if the GPU runs out of memory
 
     # Data. The per-sample train weights are SQINV/INV re-weighting, smoothed by LDS with --lds.
     table = Dataset.read_table(args.data_dir)
@@ -103,7 +100,6 @@ def train_and_test(args, ctx) -> dict:
     loaders = age_loaders(datasets, args, ctx)
 
     # Model: a ResNet whose pooled features are RankSim's input; with --fds it smooths them inside.
-    set_phase("building the model")
     model = build_model(args.model, fds=args.fds, bucket_num=args.bucket_num, bucket_start=args.bucket_start,
                         start_update=args.start_update, start_smooth=args.start_smooth, kernel=args.fds_kernel,
                         ks=args.fds_ks, sigma=args.fds_sigma, momentum=args.fds_mmt, return_encoding=True).to(device)
@@ -136,6 +132,7 @@ def train_and_test(args, ctx) -> dict:
         comparator.save_prior(run.dir)
 
     with run:
+        run.describe_memory(args)  # batch, image size, precision: named if the GPU runs out of memory
         run.log(f"run directory: {run.dir}\nargs: " + " ".join(f"--{k}={v}" for k, v in vars(args).items()))
         run.log(f"device {device}, workers {loaders['train'].num_workers}; train/val/test = {sizes['train']}/"
                 f"{sizes['val']}/{sizes['test']}; train weights min {weights.min():.3g} max {weights.max():.3g}")
@@ -162,10 +159,11 @@ def train_and_test(args, ctx) -> dict:
                 sync_buffers(model, ctx)  # rank 0's BatchNorm statistics on every rank before evaluating
                 if args.fds and epoch >= args.start_update:  # FDS: per-bucket feature statistics after the epoch
                     gather = fds_gather(loaders["fds"].sampler, sizes["train"]) if ctx.distributed else None
-                    set_phase(f"epoch {epoch + 1}, FDS statistics pass")
+                    run.phase = f"epoch {epoch + 1}, FDS statistics pass"
                     update_fds_statistics(model, loaders["fds"], device, epoch, frozen_backbone=args.retrain_fc,
                                           show_progress=ctx.is_main, gather=gather, options=options)
                     sync_buffers(model, ctx)
+                run.phase = f"epoch {epoch + 1}, validation"
                 val = validate(model, loaders["val"], train_labels, ctx, options, epoch)
             except DivergenceError as exc:
                 raise run.diverged(exc) from None
@@ -185,6 +183,7 @@ def train_and_test(args, ctx) -> dict:
                          "val/mae": val["mae"], "val/gmean": val["gmean"]}, epoch + 1)
 
         best = run.load_best(model)
+        run.phase = "test"
         results = test(model, loaders["test"], train_labels, ctx, options)
         return finish(run, args, run.best_path, best["epoch"], sizes, results)
 
@@ -197,7 +196,7 @@ def train_one_epoch(model, loader, optimizer, weighted_loss, epoch, args, run, o
     total_loss, total_ranksim, seen = 0.0, 0.0, 0
     with progress(loader, f"epoch {epoch + 1}/{args.epoch}", run.ctx.is_main) as bar:
         for step, (images, targets, weights, *views) in enumerate(bar):
-            set_phase(f"epoch {epoch + 1}, training step {step + 1}")  # named if the GPU runs out of memory
+            run.phase = f"epoch {epoch + 1}, training step {step + 1}"  # named if the GPU runs out of memory
             images, targets, weights = (t.to(device, non_blocking=True) for t in (images, targets, weights))
             with options.autocast(device):
                 loss, ranksim = targets.new_zeros(()), None
@@ -244,7 +243,6 @@ def set_learning_rate(optimizer, args, epoch: int) -> float:
 
 def validate(model, loader, train_labels, ctx, options, epoch: int) -> dict:
     """Val metrics of the whole split (MSE, MAE, GM)."""
-    set_phase(f"epoch {epoch + 1}, validation")
     preds, labels = predict_split(model, loader, ctx, options, ctx.is_main, "val")
     if not np.isfinite(preds).all():  # e.g. a finite loss with an inf gradient in the last step
         raise DivergenceError(f"epoch {epoch + 1}: the model predicts NaN/inf on val")
@@ -253,7 +251,6 @@ def validate(model, loader, train_labels, ctx, options, epoch: int) -> dict:
 
 def test(model, loader, train_labels, ctx, options) -> dict:
     """Test metrics per shot group (many > 100, few < 20 train images of the age), per age, balanced MAE."""
-    set_phase("test")
     preds, labels = predict_split(model, loader, ctx, options, ctx.is_main, "test")
     groups = age_shot_groups(train_labels, labels)
     return {"metrics": regression_metrics(preds, labels, groups, gm_eps=Dataset.overall_gm_eps, gm_eps_mode="overall"),
@@ -267,6 +264,8 @@ def evaluate(args, model, loader, train_labels, sizes, ctx, options) -> dict:
     load_model_state(model, state_dict_of(checkpoint, args.resume), ignore_fds=not args.fds, allow_missing_fds=True,
                      source=args.resume)
     with Run.for_evaluation(args.resume, args.store_root, args.store_name, ctx) as run:
+        run.describe_memory(args)
+        run.phase = "test"
         results = test(model, loader, train_labels, ctx, options)
         epoch = checkpoint.get("epoch")
         return finish(run, args, args.resume, int(epoch) if epoch is not None else None, sizes, results)

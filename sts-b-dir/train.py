@@ -66,7 +66,6 @@ from ranksim.harness.loop import (
     update_fds_statistics,
 )
 from ranksim.harness.loop import progress as progress_bar
-from ranksim.harness.memory import describe_run, set_phase
 from ranksim.harness.run import restore_random_state, restore_training, seed_everything, select_device
 from ranksim.harness.stsb_flags import check_args, parse_args
 from ranksim.harness.stsb_run import (
@@ -101,14 +100,14 @@ def run_program(args, argv, ctx) -> Dict:
     # dropout masks. The initial weights are rank 0's (DDP broadcasts them).
     seed_everything(args.random_seed + ctx.rank)
     options = make_step_options(args.amp, False, ctx.device, reduce_loss=mean_over_ranks if ctx.distributed else None)
-    describe_run(ctx.device.type, args.batch_size, args.lr, args.amp, ctx.world_size, ctx.rank)  # if memory runs out
     splits, vocab, data = load_data(args)
     source, checkpoint, vocab_note = read_checkpoint(args, vocab)  # vetted before a run directory exists
     with open_run(args, ctx) as run:
         log_setup(run, args, argv, splits, len(vocab), vocab_note)
         write_vocab(run, vocab)
         # A checkpoint carries the embeddings: only a fresh model needs GloVe.
-        set_phase("building the model")
+        run.describe_memory(args)  # batch and precision: named if the GPU runs out of memory
+        run.phase = "building the model"
         embeddings = None if checkpoint is not None else initial_embeddings(
             vocab, args.d_word, args.random_seed, args.word_embs_file if args.glove else None, run.log)
         model = build_model(args, vocab, embeddings, fds=args.fds and not args.evaluate).to(ctx.device)
@@ -167,6 +166,7 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
             # DDP averages the ranks' gradients: each rank's mean loss scaled by its share of the global
             # batch makes that the global-batch mean also when the last batch splits unevenly (1: one process).
             share = len(indices) * ctx.world_size / len(global_indices)
+            run.phase = f"iteration {progress.iteration + 1} (epoch {progress.epoch + 1}), training step"
             try:
                 loss, ranksim = train_step(model, collate_pairs([data["train"][i] for i in indices]), optimizer,
                                            weighted_loss, global_batch, args, progress.epoch, options, sizes, share,
@@ -179,7 +179,7 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
             bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", epoch=progress.epoch + 1, refresh=False)
             if progress.batch_in_epoch == len(batches):  # the epoch ends: FDS statistics of its features
                 if args.fds and progress.epoch >= args.start_update:
-                    set_phase(f"epoch {progress.epoch + 1}, FDS statistics pass")
+                    run.phase = f"epoch {progress.epoch + 1}, FDS statistics pass"
                     update_fds_statistics(bare, fds_loader, ctx.device, progress.epoch, args.retrain_fc, show,
                                           gather=gather_fds, options=options)
                     model.train()
@@ -189,7 +189,7 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
                 global_batch.set_epoch(progress.epoch)
         bar.close()
 
-        set_phase(f"validation check {len(progress.val_history) + 1}")
+        run.phase = f"validation check {len(progress.val_history) + 1}"
         preds, scores = predict_scores(bare, val_loader, ctx, options, show, "val")
         val = test_metrics(preds, scores)["all"]
         is_best = progress.record(val["mse"])
@@ -207,7 +207,6 @@ def train_step(model, batch, optimizer, weighted_loss, global_batch, args, epoch
     """One optimizer step on ``batch`` (this rank's slice of the global batch; ``sizes``: every rank's)
     -> (the loss as a float, the RankSim term: a detached tensor on the device)."""
     device = global_batch.ctx.device
-    set_phase(f"{where} (epoch {epoch + 1}), training step")  # named if the GPU runs out of memory
     inputs, scores, weights = (t.to(device, non_blocking=True) for t in batch)
     targets = scores / SCORE_SCALE
     optimizer.zero_grad(set_to_none=True)
@@ -321,7 +320,7 @@ def make_optimizer(model, args):
 
 def test(args, run, model, data, ctx, options, checkpoint_path: Path, checkpoint: dict) -> Dict:
     """The test split with ``model`` (the weights of ``checkpoint_path``): metrics, predictions, results.json."""
-    set_phase("test")
+    run.phase = "test"
     preds, scores = predict_scores(model, eval_loader(data["test"], ctx), ctx, options,
                                    not args.no_progress and ctx.is_main, "test")
     sizes = {name: len(dataset) for name, dataset in data.items()}

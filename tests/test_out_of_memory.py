@@ -58,8 +58,18 @@ def patch_predict(monkeypatch, split, call):
     monkeypatch.setattr(age, "predict_split", predict_split)
 
 
+def test_age_out_of_memory_before_the_run_is_one_line_with_the_general_remedies(age_data, tmp_path, monkeypatch,
+                                                                                 capsys):
+    monkeypatch.setattr(age, "build_model", raise_oom)
+    status, err = exit_of(age.main, age_args(age_data, tmp_path), capsys)
+    assert status == 3
+    assert err == (f"error: out of GPU memory in {memory.BEFORE_THE_RUN} (PyTorch: tried to allocate 2.00 GiB, 1.25 GiB "
+                   "free of 139.80 GiB); try --amp bf16, or a smaller --batch_size with --lr scaled by the same factor, "
+                   "or torchrun --nproc_per_node N over more GPUs\n")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("phase, patch, flags", [
-    ("building the model", lambda mp: mp.setattr(age, "build_model", raise_oom), []),
     ("epoch 1, training step 1", lambda mp: mp.setattr(age, "checked_loss", raise_oom), []),
     ("epoch 1, FDS statistics pass", lambda mp: mp.setattr(age, "update_fds_statistics", raise_oom), ["--fds"]),
     ("epoch 1, validation", lambda mp: patch_predict(mp, "val", 1), []),
@@ -76,9 +86,7 @@ def test_age_program_out_of_memory_is_one_line_with_the_remedies(phase, patch, f
     assert "--channels_last, or --batch_size 4 --lr 0.0005 (scale --lr with the batch" in err
     assert "torchrun --nproc_per_node N with N > 1 GPUs" in err
     assert "--resume" not in err  # no checkpoint was written before the first validation
-    log = tmp_path / "run" / "training.log"
-    if phase != "building the model":  # the run directory exists from the training phases on
-        assert log.read_text().splitlines()[-1].endswith(err.strip())
+    assert (tmp_path / "run" / "training.log").read_text().splitlines()[-1].endswith(err.strip())
     assert not (tmp_path / "run" / "ckpt.pth.tar").exists()
 
 
@@ -98,14 +106,17 @@ def test_age_out_of_memory_after_a_checkpoint_names_the_resume_command(age_data,
     assert (tmp_path / "run" / "results.json").is_file()
 
 
-def test_a_bug_keeps_its_traceback_and_an_oom_outside_a_run_still_gets_one_line(capsys):
-    memory.describe_run("cuda", 64, 2.5e-4, "", img_size=224, channels_last=False)
-    memory.set_phase("test")
-    status, err = exit_of(raise_oom, None, capsys)
-    assert status == 3
-    assert err.startswith("error: out of GPU memory in test (batch 64 on 1 process, 224x224 images, fp32, contiguous;")
-    assert "--batch_size 32 --lr 0.000125 " in err
-    with pytest.raises(ValueError):
+def test_the_message_of_the_papers_agedb_setting_and_what_counts_as_out_of_memory():
+    flags = type("Flags", (), {"batch_size": 64, "lr": 2.5e-4, "amp": "", "img_size": 224, "channels_last": False})
+    report = memory.MemoryReport.from_flags(flags, "cuda", world_size=2, rank=1)
+    assert report.message(torch.OutOfMemoryError(TORCH_TEXT), "test", "runs/x/ckpt.pth.tar") == (
+        "out of GPU memory in test (batch 64 on 2 processes (this is rank 1), 224x224 images, fp32, contiguous; "
+        "PyTorch: tried to allocate 2.00 GiB, 1.25 GiB free of 139.80 GiB); try --amp bf16 (activations in 16 bits), "
+        "or --channels_last, or --batch_size 32 --lr 0.000125 (scale --lr with the batch: nothing here scales it for "
+        "you; the paper pairs batch 64 with lr 2.5e-4 and 256 with 1e-3), or torchrun --nproc_per_node N with N > 2 "
+        "GPUs (--batch_size stays the global batch, each GPU holds 1/N of it); then resume with --resume "
+        "runs/x/ckpt.pth.tar and the changed flags")
+    with pytest.raises(ValueError):  # a bug keeps its traceback
         run_cli(lambda: (_ for _ in ()).throw(ValueError("a bug")))
     assert memory.is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not memory.is_out_of_memory(RuntimeError("shape mismatch"))

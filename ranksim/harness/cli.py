@@ -17,7 +17,13 @@ import sys
 import threading
 from typing import Any, Callable, NoReturn
 
-from ranksim.harness.memory import OUT_OF_MEMORY_EXIT, OutOfMemory, is_out_of_memory, out_of_memory_message
+from ranksim.harness.memory import (
+    BEFORE_THE_RUN,
+    OUT_OF_MEMORY_EXIT,
+    MemoryReport,
+    OutOfMemory,
+    is_out_of_memory,
+)
 
 USER_ERROR_EXIT = 2  # same status argparse uses for bad command lines
 INTERRUPT_EXIT = 130  # 128 + SIGINT, the shell convention for Ctrl-C
@@ -75,7 +81,7 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
         if not isinstance(exc, OutOfMemory) and not is_out_of_memory(exc):
             raise  # a bug: keep the traceback
         sys.stdout.flush()
-        message = str(exc) if isinstance(exc, OutOfMemory) else out_of_memory_message(exc)
+        message = str(exc) if isinstance(exc, OutOfMemory) else MemoryReport().message(exc, BEFORE_THE_RUN)
         print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
         sys.exit(OUT_OF_MEMORY_EXIT)
     finally:

@@ -1,25 +1,26 @@
 """Out of GPU memory: one line saying what ran out and what to do, instead of PyTorch's traceback.
 
-A training program describes its memory-sizing settings once (:func:`describe_run`) and names each
-phase as it enters it (:func:`set_phase`: "building the model", "epoch 3, training step 17", "epoch 3,
-FDS statistics pass", "epoch 3, validation", "test"). A CUDA out-of-memory error raised anywhere then
-becomes, through :class:`ranksim.harness.run.Run` (which adds the --resume command and writes the line
-to training.log) and :func:`ranksim.harness.cli.run_cli` (which prints it)::
+A training program gives its run the flags that size its memory (``run.describe_memory(args)``) and names
+each phase as it enters it (``run.phase = "epoch 3, training step 17"``; also "building the model", "epoch
+3, FDS statistics pass", "epoch 3, validation", "test"). A CUDA out-of-memory error inside the run then
+becomes, through :class:`ranksim.harness.run.Run` (which adds the --resume command and writes the line to
+training.log) and :func:`ranksim.harness.cli.run_cli` (which prints it)::
 
     error: out of GPU memory in epoch 3, training step 17 (batch 256 on 1 process, 224x224 images, fp32,
-    contiguous; PyTorch: tried to allocate 2.00 GiB); try --amp bf16, ...; then resume with --resume ...
+    contiguous; PyTorch: tried to allocate 2.00 GiB, ...); try --amp bf16, ...; then resume with --resume ...
 
-and exit status :data:`OUT_OF_MEMORY_EXIT` (3). Checkpoints and results.json are written atomically, so
-the error leaves no half-written file behind. State is per process (torchrun: each rank its own), which
-is what a program needs: one run per process. torch is not imported here (cli.py imports this module
-and the data download programs import cli.py).
+and exit status :data:`OUT_OF_MEMORY_EXIT` (3). One raised before a run exists (reading the data, building
+the model of an age program) gets the same line without the run's settings. Checkpoints and results.json
+are written atomically, so the error leaves no half-written file behind. torch is not imported here
+(cli.py imports this module, and the data download programs import cli.py).
 """
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 OUT_OF_MEMORY_EXIT = 3
+BEFORE_THE_RUN = "start-up (reading the data or building the model, before the run directory was made)"
 
 
 class OutOfMemory(Exception):
@@ -27,52 +28,55 @@ class OutOfMemory(Exception):
 
 
 @dataclass
-class MemoryNotes:
-    """What the one-line message says besides the phase: the settings and the remedies that apply."""
+class MemoryReport:
+    """The settings that size a run's memory and the remedies that apply to them (see the module docstring).
 
-    phase: str = "start-up"
+    settings: e.g. 'batch 256 on 1 process, 224x224 images, fp32, contiguous'; remedies: the flags to try,
+    each with its note; on_gpu: whether the run uses CUDA (the message then says 'GPU memory').
+    """
+
     settings: str = ""
-    remedies: List[str] = field(default_factory=list)
+    remedies: List[str] = field(default_factory=lambda: [
+        "--amp bf16", "a smaller --batch_size with --lr scaled by the same factor",
+        "torchrun --nproc_per_node N over more GPUs"])
     on_gpu: bool = True
 
+    @classmethod
+    def from_flags(cls, args: Any, device_type: str, world_size: int = 1, rank: int = 0) -> "MemoryReport":
+        """From a program's parsed flags: batch_size (global), lr, amp ('' = fp32), and where the program has
+        them img_size and channels_last; device_type 'cuda' / 'cpu'; world_size / rank: torchrun's."""
+        batch_size, lr, amp = args.batch_size, args.lr, args.amp
+        img_size, channels_last = getattr(args, "img_size", None), getattr(args, "channels_last", None)
+        settings = [f"batch {batch_size} on {world_size} process{'es' if world_size > 1 else ''}"]
+        if world_size > 1:
+            settings[0] += f" (this is rank {rank})"
+        if img_size is not None:
+            settings.append(f"{img_size}x{img_size} images")
+        settings.append(amp or "fp32")
+        if channels_last is not None:
+            settings.append("channels_last" if channels_last else "contiguous")
+        remedies = [] if amp else ["--amp bf16 (activations in 16 bits)"]
+        if channels_last is False:
+            remedies.append("--channels_last")
+        if batch_size >= 4:
+            half = batch_size // 2
+            remedies.append(f"--batch_size {half} --lr {lr * half / batch_size:.3g} (scale --lr with the batch: "
+                            "nothing here scales it for you; the paper pairs batch 64 with lr 2.5e-4 and 256 with "
+                            "1e-3)")
+        remedies.append(f"torchrun --nproc_per_node N with N > {world_size} GPUs (--batch_size stays the global "
+                        "batch, each GPU holds 1/N of it)")
+        return cls(", ".join(settings), remedies, device_type == "cuda")
 
-_notes = MemoryNotes()
-
-
-def describe_run(device_type: str, batch_size: int, lr: float, amp: str, world_size: int = 1, rank: int = 0,
-                 img_size: Optional[int] = None, channels_last: Optional[bool] = None) -> None:
-    """Record the settings that size a run's memory, and the remedies that apply to them; resets the phase.
-
-    device_type: 'cuda' or 'cpu'; batch_size: the global --batch_size; lr: --lr; amp: --amp ('' = fp32);
-    world_size / rank: torchrun's; img_size: --img_size (None: a program without images);
-    channels_last: --channels_last (None: a program without that flag).
-    """
-    settings = [f"batch {batch_size} on {world_size} process{'es' if world_size > 1 else ''}"]
-    if world_size > 1:
-        settings[0] += f" (this is rank {rank})"
-    if img_size is not None:
-        settings.append(f"{img_size}x{img_size} images")
-    settings.append(amp or "fp32")
-    if channels_last is not None:
-        settings.append("channels_last" if channels_last else "contiguous")
-    remedies = []
-    if not amp:
-        remedies.append("--amp bf16 (activations in 16 bits)")
-    if channels_last is False:
-        remedies.append("--channels_last")
-    if batch_size >= 4:
-        half = batch_size // 2
-        remedies.append(f"--batch_size {half} --lr {lr * half / batch_size:.3g} (scale --lr with the batch: nothing "
-                        "here scales it for you; the paper pairs batch 64 with lr 2.5e-4 and 256 with 1e-3)")
-    remedies.append(f"torchrun --nproc_per_node N with N > {world_size} GPUs (--batch_size stays the global batch, "
-                    "each GPU holds 1/N of it)")
-    _notes.phase, _notes.settings, _notes.remedies = "start-up", ", ".join(settings), remedies
-    _notes.on_gpu = device_type == "cuda"
-
-
-def set_phase(phase: str) -> None:
-    """Name what the program does from now on, e.g. 'epoch 3, validation' (for the message)."""
-    _notes.phase = phase
+    def message(self, error: BaseException, phase: str, checkpoint: Optional[str] = None) -> str:
+        """The one-line message for ``error`` (an out-of-memory error) raised in ``phase``; ``checkpoint``:
+        the run's newest checkpoint of completed training, named in the --resume command (None: none yet)."""
+        detail = pytorch_detail(error)
+        settings = "; ".join(part for part in (self.settings, detail and f"PyTorch: {detail}") if part)
+        where = f"out of {'GPU ' if self.on_gpu else ''}memory in {phase}" + (f" ({settings})" if settings else "")
+        message = f"{where}; try {', or '.join(self.remedies)}"
+        if checkpoint:
+            message += f"; then resume with --resume {checkpoint} and the changed flags"
+        return message
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -99,16 +103,3 @@ def pytorch_detail(error: BaseException) -> str:
     if free:
         parts.append(f"{free.group(2)} free of {free.group(1)}")
     return ", ".join(parts)
-
-
-def out_of_memory_message(error: BaseException, checkpoint: Optional[str] = None) -> str:
-    """The one-line message for ``error`` (an out-of-memory error) in the current phase; ``checkpoint``:
-    the run's newest checkpoint of completed training, named in the --resume command (None: none yet)."""
-    detail = pytorch_detail(error)
-    settings = "; ".join(part for part in (_notes.settings, detail and f"PyTorch: {detail}") if part)
-    where = f"out of {'GPU ' if _notes.on_gpu else ''}memory in {_notes.phase}" + (f" ({settings})" if settings else "")
-    remedies = _notes.remedies or ["a smaller --batch_size (scale --lr with it)"]
-    message = f"{where}; try {', or '.join(remedies)}"
-    if checkpoint:
-        message += f"; then resume with --resume {checkpoint} and the changed flags"
-    return message

@@ -49,7 +49,7 @@ from ranksim.harness.checkpoint import (
 )
 from ranksim.harness.cli import UserError, cannot_write, interrupt_label, one_line
 from ranksim.harness.distributed import DistContext, broadcast_object, sync_state
-from ranksim.harness.memory import OutOfMemory, is_out_of_memory, out_of_memory_message
+from ranksim.harness.memory import MemoryReport, OutOfMemory, is_out_of_memory
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
@@ -229,6 +229,10 @@ class Run:
         self.logger = RunLogger(self.dir, enabled=self.ctx.is_main)
         # The newest checkpoint of completed training, named when a run diverges.
         self.last_good: Optional[str] = os.fspath(resumed_from) if resumed_from else None
+        # What the program is doing ('epoch 3, validation') and the settings that size its memory: named
+        # if the GPU runs out of memory (ranksim/harness/memory.py). The program sets both.
+        self.phase = "start-up"
+        self.memory = MemoryReport()
 
     # ------------------------------------------------------------------ the three ways a run starts
 
@@ -276,6 +280,11 @@ class Run:
     def scalars(self, values: Dict[str, float], step: int) -> None:
         """TensorBoard scalars ``{tag: value}`` at ``step``."""
         self.logger.scalars(values, step)
+
+    def describe_memory(self, args: Any) -> None:
+        """Name the settings of the parsed flags ``args`` (batch_size, lr, amp; img_size, channels_last where
+        the program has them) in the message of an out-of-memory error (:class:`MemoryReport`)."""
+        self.memory = MemoryReport.from_flags(args, self.ctx.device.type, self.ctx.world_size, self.ctx.rank)
 
     def resumed_best(self, recorded_best: float) -> float:
         """The best validation score to beat after --resume: the checkpoint's ``recorded_best`` when this
@@ -336,7 +345,7 @@ class Run:
             elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (cli.Terminated)
                 raise self.logger.interrupted(self.ckpt_path, exc) from None
             elif exc is not None and is_out_of_memory(exc):  # the traceback would hide the one line that matters
-                error = OutOfMemory(out_of_memory_message(exc, checkpoint=self.last_good))
+                error = OutOfMemory(self.memory.message(exc, self.phase, checkpoint=self.last_good))
                 self.logger.record_error(error)
                 raise error from None
         finally:
