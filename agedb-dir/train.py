@@ -143,6 +143,8 @@ def train_and_test(args, ctx) -> dict:
             if note:
                 run.log(note)
         train_model = wrap_model(model, ctx, sync_bn=args.sync_bn)  # DistributedDataParallel under torchrun
+        if args.compile:  # the training forward only: it shares its weights with `model`, which checkpoints save
+            train_model = torch.compile(train_model)
         weighted_loss = comparator.balanced or (published_age_loss if args.published_quirks else get_loss)(args.loss)
         global_batch = GlobalBatch(ctx, args.seed)
         score_name = "mse" if args.loss == "mse" else "mae"

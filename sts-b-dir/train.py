@@ -150,6 +150,9 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
     """--val_interval steps, then a validation check (log, checkpoint, early stop), until --max_vals
     checks. model: DDP-wrapped under torchrun (prediction and the FDS pass use the bare model)."""
     bare, show = unwrap_model(model), not args.no_progress and ctx.is_main
+    # --compile: the training forward only (it shares its weights with `model`, which checkpoints save);
+    # dynamic shapes, as every batch has its own sentence length.
+    step_model = torch.compile(model, dynamic=True) if args.compile else model
     val_loader, fds_loader = eval_loader(data["val"], ctx), eval_loader(data["train"], ctx)
     gather_fds = fds_gather(fds_loader.sampler, len(data["train"])) if ctx.distributed and args.fds else None
     weighted_loss = stsb_loss(args) if comparator.balanced is None else comparator.balanced  # --bmse replaces --loss
@@ -168,7 +171,7 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
             share = len(indices) * ctx.world_size / len(global_indices)
             run.phase = f"iteration {progress.iteration + 1} (epoch {progress.epoch + 1}), training step"
             try:
-                loss, ranksim = train_step(model, collate_pairs([data["train"][i] for i in indices]), optimizer,
+                loss, ranksim = train_step(step_model, collate_pairs([data["train"][i] for i in indices]), optimizer,
                                            weighted_loss, global_batch, args, progress.epoch, options, sizes, share,
                                            comparator.view_loss, f"iteration {progress.iteration + 1}")
             except DivergenceError as error:

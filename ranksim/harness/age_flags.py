@@ -98,6 +98,9 @@ def build_parser(defaults: Mapping) -> argparse.ArgumentParser:
     g.add_argument("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; "
                    "fp16 with loss scaling); RankSim, the loss, the head and the metrics stay float32")
     g.add_argument("--channels_last", action="store_true", help="NHWC memory format (faster convolutions on GPUs)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model's training forward; the first "
+                   "steps wait for the compiler (start-up cost: bench/README.md); validation, the FDS pass and "
+                   "checkpoints use the plain model")
     add_comparator_flags(p)
     return p
 

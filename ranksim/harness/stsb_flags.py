@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no_progress", action="store_true", help="no progress bars")
     a("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; fp16 with loss "
       "scaling); RankSim, the loss, the head and the metrics stay float32")
+    a("--compile", action="store_true", help="torch.compile the training forward (dynamic shapes: sentence lengths "
+      "vary); the packed LSTM itself stays eager, so expect start-up cost rather than speed (bench/README.md)")
     # ConR's omega on the score / 5 targets: 0.04 = 0.2 score points, the step of most STS-B scores
     add_comparator_flags(p, with_rnc=False, conr_omega=0.04)
     return p
