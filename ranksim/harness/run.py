@@ -295,11 +295,12 @@ class Run:
     def save(self, state: Dict[str, Any], is_best: bool) -> None:
         """Write ``state`` as ckpt.pth.tar, and as ckpt.best.pth.tar when ``is_best``. Best first, each
         write atomic: a kill between the two writes leaves the newest state in the best file, and
-        --resume then repeats this epoch (or check) from the previous ckpt.pth.tar, losing nothing."""
+        --resume then repeats this epoch (or check) from the previous ckpt.pth.tar, losing nothing.
+        The second name of a best state is a hard link to the first (:func:`share_file`), not a copy."""
         if self.ctx.is_main:
             if is_best:
                 save_checkpoint(state, self.best_path)
-                copy_as_best(self.best_path, self.ckpt_path)
+                share_file(self.best_path, self.ckpt_path)
             else:
                 save_checkpoint(state, self.ckpt_path)
         self.last_good = os.fspath(self.ckpt_path)
@@ -350,6 +351,27 @@ class Run:
                 raise error from None
         finally:
             self.logger.close()
+
+
+def share_file(path: Path, other: Path) -> None:
+    """Make ``other`` name the same file as ``path``, atomically: a hard link made under a temporary name,
+    then renamed over ``other``. A copy (copy_as_best) where the file system has no hard links.
+
+    Why: a best checkpoint is also the latest, and copying it meant writing and fsyncing a few hundred MB
+    again (ResNet-50 with Adam's state) at every best epoch. Sharing the file is safe because every
+    checkpoint write replaces its file by a rename (a new file), never writes into it: when one of the
+    two names is written again later, the other keeps its content.
+    """
+    temporary = other.with_name(f".{other.name}.{os.getpid()}.link")
+    try:
+        if temporary.exists():  # left by a process of this pid killed between the two calls below
+            temporary.unlink()
+        os.link(path, temporary)
+        os.replace(temporary, other)
+    except OSError:
+        if temporary.exists():
+            temporary.unlink()
+        copy_as_best(path, other)
 
 
 def restore_training(path: PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
