@@ -63,7 +63,9 @@ REPO = Path(__file__).resolve().parent
 BEST_CKPT_NAMES = ("ckpt.best.pth.tar", "model_state_best.th", "ckpt.best.th")
 # Recorded args that do not change a run's numbers: paths and logging/placement switches.
 NOT_SETTINGS = frozenset({"data_dir", "store_root", "store_name", "pretrained", "resume", "eval_model",
-                          "word_embs_file", "workers", "print_freq", "gpu", "no_progress"})
+                          "word_embs_file", "workers", "print_freq", "gpu", "no_progress",
+                          "data_dir_as_typed",  # --data_dir as typed (data_dir is recorded absolute)
+                          "compile"})  # torch.compile: the same computation, compiled
 
 
 # ----------------------------------------------------------------------------- rows and commands

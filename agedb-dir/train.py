@@ -134,6 +134,7 @@ def train_and_test(args, ctx) -> dict:
         comparator.save_prior(run.dir)
 
     with run:
+        run.describe_memory(args)  # batch, image size, precision: named if the GPU runs out of memory
         run.log(f"run directory: {run.dir}\nargs: " + " ".join(f"--{k}={v}" for k, v in vars(args).items()))
         run.log(f"device {device}, workers {loaders['train'].num_workers}; train/val/test = {sizes['train']}/"
                 f"{sizes['val']}/{sizes['test']}; train weights min {weights.min():.3g} max {weights.max():.3g}")
@@ -144,6 +145,8 @@ def train_and_test(args, ctx) -> dict:
             if note:
                 run.log(note)
         train_model = wrap_model(model, ctx, sync_bn=args.sync_bn)  # DistributedDataParallel under torchrun
+        if args.compile:  # the training forward only: it shares its weights with `model`, which checkpoints save
+            train_model = torch.compile(train_model)
         weighted_loss = comparator.balanced or (published_age_loss if args.published_quirks else get_loss)(args.loss)
         global_batch = GlobalBatch(ctx, args.seed)
         score_name = "mse" if args.loss == "mse" else "mae"
@@ -160,9 +163,11 @@ def train_and_test(args, ctx) -> dict:
                 sync_buffers(model, ctx)  # rank 0's BatchNorm statistics on every rank before evaluating
                 if args.fds and epoch >= args.start_update:  # FDS: per-bucket feature statistics after the epoch
                     gather = fds_gather(loaders["fds"].sampler, sizes["train"]) if ctx.distributed else None
+                    run.phase = f"epoch {epoch + 1}, FDS statistics pass"
                     update_fds_statistics(model, loaders["fds"], device, epoch, frozen_backbone=args.retrain_fc,
                                           show_progress=ctx.is_main, gather=gather, options=options)
                     sync_buffers(model, ctx)
+                run.phase = f"epoch {epoch + 1}, validation"
                 val = validate(model, loaders["val"], train_labels, ctx, options, epoch)
             except DivergenceError as exc:
                 raise run.diverged(exc) from None
@@ -182,6 +187,7 @@ def train_and_test(args, ctx) -> dict:
                          "val/mae": val["mae"], "val/gmean": val["gmean"]}, epoch + 1)
 
         best = run.load_best(model)
+        run.phase = "test"
         results = test(model, loaders["test"], train_labels, ctx, options)
         return finish(run, args, run.best_path, best["epoch"], sizes, results)
 
@@ -194,6 +200,7 @@ def train_one_epoch(model, loader, optimizer, weighted_loss, epoch, args, run, o
     total_loss, total_ranksim, seen = 0.0, 0.0, 0
     with progress(loader, f"epoch {epoch + 1}/{args.epoch}", run.ctx.is_main) as bar:
         for step, (images, targets, weights, *views) in enumerate(bar):
+            run.phase = f"epoch {epoch + 1}, training step {step + 1}"  # named if the GPU runs out of memory
             images, targets, weights = (t.to(device, non_blocking=True) for t in (images, targets, weights))
             with options.autocast(device):
                 loss, ranksim = targets.new_zeros(()), None
@@ -264,6 +271,8 @@ def evaluate(args, model, loader, train_labels, sizes, ctx, options) -> dict:
     load_model_state(model, state_dict_of(checkpoint, args.resume), ignore_fds=not args.fds, allow_missing_fds=True,
                      source=args.resume)
     with Run.for_evaluation(args.resume, args.store_root, args.store_name, ctx) as run:
+        run.describe_memory(args)
+        run.phase = "test"
         results = test(model, loader, train_labels, ctx, options)
         epoch = checkpoint.get("epoch")
         return finish(run, args, args.resume, int(epoch) if epoch is not None else None, sizes, results)

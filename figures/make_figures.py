@@ -301,9 +301,10 @@ def training_directory(run_dir: Path, store_root: Optional[str]) -> Optional[Pat
     return Path(*parent.parts[:len(parent.parts) - len(tail)]) if tail else parent
 
 
-def recorded_data_dir(run_dir: Path, data_dir: str, trained_in: Optional[Path]) -> str:
-    """The run's recorded --data_dir as a usable path: relative ones resolved against the directory the
-    run was trained in (else the current one). A one-line error if that folder is not there."""
+def recorded_data_dir(run_dir: Path, data_dir: str, trained_in: Optional[Path], typed: Optional[str] = None) -> str:
+    """The run's recorded --data_dir as a usable path. Runs record it absolute (``typed``: as typed);
+    older runs recorded it as typed: relative ones are resolved against the directory the run was trained
+    in (else the current one). A one-line error if that folder is not there."""
     path = Path(data_dir)
     if path.is_absolute():
         candidates = [path]
@@ -312,7 +313,7 @@ def recorded_data_dir(run_dir: Path, data_dir: str, trained_in: Optional[Path]) 
     for candidate in candidates:
         if candidate.is_dir():
             return str(candidate)
-    raise UserError(f"{run_dir}: its data folder (--data_dir {data_dir} when trained) is not at "
+    raise UserError(f"{run_dir}: its data folder (--data_dir {typed or data_dir} when trained) is not at "
                     f"{' or '.join(str(c) for c in dict.fromkeys(candidates))}; pass --data_dir FOLDER "
                     "(the folder holding the run's split CSV and images)")
 
@@ -338,7 +339,8 @@ def batch_features(run_dir: "str | Path", data_dir: Optional[str], batch_size: i
         ckpt = trained_in / ckpt
     if not ckpt.is_file():
         ckpt = run_dir / "ckpt.best.pth.tar"
-    data_dir = data_dir or recorded_data_dir(run_dir, args.get("data_dir", "./data"), trained_in)
+    data_dir = data_dir or recorded_data_dir(run_dir, args.get("data_dir", "./data"), trained_in,
+                                             args.get("data_dir_as_typed"))
     csv_name = {"imdb_wiki": "imdb_wiki.csv"}.get(results.get("dataset"), "agedb.csv")
     dataset_cls = type("SplitFile", (AgeCSVDataset,), {"csv_name": csv_name})
     table = dataset_cls.read_table(data_dir)

@@ -107,6 +107,8 @@ def run_program(args, argv, ctx) -> Dict:
         log_setup(run, args, argv, splits, len(vocab), vocab_note)
         write_vocab(run, vocab)
         # A checkpoint carries the embeddings: only a fresh model needs GloVe.
+        run.describe_memory(args)  # batch and precision: named if the GPU runs out of memory
+        run.phase = "building the model"
         embeddings = None if checkpoint is not None else initial_embeddings(
             vocab, args.d_word, args.random_seed, args.word_embs_file if args.glove else None, run.log)
         model = build_model(args, vocab, embeddings, fds=args.fds and not args.evaluate).to(ctx.device)
@@ -149,6 +151,9 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
     """--val_interval steps, then a validation check (log, checkpoint, early stop), until --max_vals
     checks. model: DDP-wrapped under torchrun (prediction and the FDS pass use the bare model)."""
     bare, show = unwrap_model(model), not args.no_progress and ctx.is_main
+    # --compile: the training forward only (it shares its weights with `model`, which checkpoints save);
+    # dynamic shapes, as every batch has its own sentence length.
+    step_model = torch.compile(model, dynamic=True) if args.compile else model
     val_loader, fds_loader = eval_loader(data["val"], ctx), eval_loader(data["train"], ctx)
     gather_fds = fds_gather(fds_loader.sampler, len(data["train"])) if ctx.distributed and args.fds else None
     weighted_loss = stsb_loss(args) if comparator.balanced is None else comparator.balanced  # --bmse replaces --loss
@@ -165,8 +170,9 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
             # DDP averages the ranks' gradients: each rank's mean loss scaled by its share of the global
             # batch makes that the global-batch mean also when the last batch splits unevenly (1: one process).
             share = len(indices) * ctx.world_size / len(global_indices)
+            run.phase = f"iteration {progress.iteration + 1} (epoch {progress.epoch + 1}), training step"
             try:
-                loss, ranksim = train_step(model, collate_pairs([data["train"][i] for i in indices]), optimizer,
+                loss, ranksim = train_step(step_model, collate_pairs([data["train"][i] for i in indices]), optimizer,
                                            weighted_loss, global_batch, args, progress.epoch, options, sizes, share,
                                            comparator.view_loss, f"iteration {progress.iteration + 1}")
             except DivergenceError as error:
@@ -177,6 +183,7 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
             bar.set_postfix(loss=f"{loss_sum / (step + 1):.4f}", epoch=progress.epoch + 1, refresh=False)
             if progress.batch_in_epoch == len(batches):  # the epoch ends: FDS statistics of its features
                 if args.fds and progress.epoch >= args.start_update:
+                    run.phase = f"epoch {progress.epoch + 1}, FDS statistics pass"
                     update_fds_statistics(bare, fds_loader, ctx.device, progress.epoch, args.retrain_fc, show,
                                           gather=gather_fds, options=options)
                     model.train()
@@ -186,6 +193,7 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
                 global_batch.set_epoch(progress.epoch)
         bar.close()
 
+        run.phase = f"validation check {len(progress.val_history) + 1}"
         preds, scores = predict_scores(bare, val_loader, ctx, options, show, "val")
         val = test_metrics(preds, scores)["all"]
         is_best = progress.record(val["mse"])
@@ -322,6 +330,7 @@ def make_optimizer(model, args):
 
 def test(args, run, model, data, ctx, options, checkpoint_path: Path, checkpoint: dict) -> Dict:
     """The test split with ``model`` (the weights of ``checkpoint_path``): metrics, predictions, results.json."""
+    run.phase = "test"
     preds, scores = predict_scores(model, eval_loader(data["test"], ctx), ctx, options,
                                    not args.no_progress and ctx.is_main, "test")
     sizes = {name: len(dataset) for name, dataset in data.items()}

@@ -191,3 +191,8 @@ def test_wheel_requires_torch_numpy_scipy_and_puts_the_harness_packages_in_an_ex
     # The harness ships in the wheel (behind its extra); the benchmark folders and tests do not.
     assert "ranksim/harness/__init__.py" in files and "ranksim/regularizer.py" in files
     assert not [f for f in files if f.startswith(("tests/", "bench/", "agedb-dir/", "sts-b-dir/"))]
+    # The long description (the README) tells a user of the wheel that the MIT licence grants no patent
+    # rights under the application covering RankSim's loss.
+    description = " ".join(metadata.split("\n\n", 1)[1].split())
+    assert "US patent application 2023/0214651" in description
+    assert "63/295,661" in description and "grants no patent rights" in description

@@ -249,17 +249,18 @@ def test_resuming_a_checkpoint_outside_its_run_directory_starts_a_fresh_one(vani
 
 
 def test_best_checkpoint_is_written_before_the_latest(data, monkeypatch):
-    """The shared save order (Run.save): ckpt.best.pth.tar first, then ckpt.pth.tar as its copy, so a
-    kill between the two writes loses nothing. (STS-B used to write ckpt.pth.tar first.)"""
+    """The shared save order (Run.save): ckpt.best.pth.tar first, then ckpt.pth.tar as a second name of it
+    (a hard link, or a copy), so a kill between the two writes loses nothing. (STS-B used to write
+    ckpt.pth.tar first.)"""
     import ranksim.harness.run as run_module
 
     writes = []
-    real_save, real_copy = run_module.save_checkpoint, run_module.copy_as_best
+    real_save, real_share = run_module.save_checkpoint, run_module.share_file
     monkeypatch.setattr(run_module, "save_checkpoint", lambda state, path: (writes.append(Path(path).name),
                                                                             real_save(state, path)))
-    monkeypatch.setattr(run_module, "copy_as_best", lambda path, best: (writes.append(f"{Path(path).name} -> "
-                                                                                      f"{Path(best).name}"),
-                                                                        real_copy(path, best)))
+    monkeypatch.setattr(run_module, "share_file", lambda path, best: (writes.append(f"{Path(path).name} -> "
+                                                                                    f"{Path(best).name}"),
+                                                                      real_share(path, best)))
     train(data, "save_order", "--val_interval", "1", max_vals=1)
     assert writes == ["ckpt.best.pth.tar", "ckpt.best.pth.tar -> ckpt.pth.tar"]
 

@@ -24,7 +24,7 @@ from ranksim.harness.comparators import (
 from ranksim.harness.distributed import env_world_size
 from ranksim.harness.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
 from ranksim.harness.models.resnet import MODELS
-from ranksim.harness.run import BEST_NAME, CKPT_NAME
+from ranksim.harness.run import BEST_NAME, CKPT_NAME, resolve_data_dir
 from ranksim.kernels import KERNELS
 from ranksim.losses import LOSSES
 
@@ -99,6 +99,9 @@ def build_parser(defaults: Mapping) -> argparse.ArgumentParser:
     g.add_argument("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; "
                    "fp16 with loss scaling); RankSim, the loss, the head and the metrics stay float32")
     g.add_argument("--channels_last", action="store_true", help="NHWC memory format (faster convolutions on GPUs)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model's training forward; the first "
+                   "steps wait for the compiler (start-up cost: bench/README.md); validation, the FDS pass and "
+                   "checkpoints use the plain model")
     add_comparator_flags(p)
     return p
 
@@ -153,8 +156,10 @@ def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
     evaluation; its buffers then load as trained), so evaluating a run without FDS keeps this program's
     FDS defaults. A checkpoint without recorded flags (published) gives only its 'model' entry; the other
     settings stay as passed, by default the paper's. Resuming a checkpoint that has completed --epoch
-    epochs already is refused here, before anything is made."""
+    epochs already is refused here, before anything is made. --data_dir becomes absolute (the checkpoint's
+    recorded folder unless given): :func:`~ranksim.harness.run.resolve_data_dir`."""
     if not args.resume:
+        resolve_data_dir(args)
         return
     check_checkpoint_flag("--resume", args.resume, BEST_NAME if args.evaluate else CKPT_NAME)
     checkpoint = load_checkpoint(args.resume)
@@ -163,6 +168,7 @@ def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
         recorded = {"model": checkpoint["model"]} if isinstance(checkpoint.get("model"), str) else {}
     flags = MODEL_FLAGS if not args.evaluate or recorded.get("fds") else ("model", "img_size")
     adopt_recorded_flags(args, explicit, recorded, flags, f"--resume {args.resume}")
+    resolve_data_dir(args, explicit, recorded, f"--resume {args.resume}")
     done = int(checkpoint.get("epoch", 0))
     if not args.evaluate and done >= args.epoch:
         raise UserError(f"--resume {args.resume}: the checkpoint has already completed {done} epochs (--epoch "

@@ -3,7 +3,11 @@
 Code anywhere in the project raises ``UserError("<file/flag/value>: <what is wrong>; <how to fix>")``
 for problems the user caused (missing file, bad flag, corrupt checkpoint). Command-line entry points
 wrap their ``main`` with :func:`run_cli`, which prints such an error as ``error: <message>`` on stderr
-and exits with status 2. Every other exception is a bug and keeps its full traceback.
+and exits with status 2. Every other exception is a bug and keeps its full traceback, except running
+out of GPU memory (one line too, exit status 3: ranksim/harness/memory.py).
+
+Exit statuses of every program: 0 done, 2 user error (bad flag, file or value), 3 out of GPU memory,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM); anything else is a bug (Python's 1, with a traceback).
 """
 import argparse
 import difflib
@@ -12,6 +16,14 @@ import signal
 import sys
 import threading
 from typing import Any, Callable, NoReturn
+
+from ranksim.harness.memory import (
+    BEFORE_THE_RUN,
+    OUT_OF_MEMORY_EXIT,
+    MemoryReport,
+    OutOfMemory,
+    is_out_of_memory,
+)
 
 USER_ERROR_EXIT = 2  # same status argparse uses for bad command lines
 INTERRUPT_EXIT = 130  # 128 + SIGINT, the shell convention for Ctrl-C
@@ -48,6 +60,8 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
     KeyboardInterrupt -> ``interrupted (Ctrl-C)[; <its message>]`` on stderr, exit status 130.
     SIGTERM (in the main thread) -> :class:`Terminated`, handled like Ctrl-C: ``terminated (SIGTERM)[; <its
     message>]`` on stderr, exit status 143.
+    Out of GPU memory (torch.OutOfMemoryError, or the OutOfMemory a Run made of it with the --resume
+    command) -> ``error: out of GPU memory in <phase> (...); try ...`` on stderr, exit status 3.
     Anything else propagates unchanged (a bug: the traceback is what a developer needs).
     """
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -63,6 +77,13 @@ def run_cli(main_fn: Callable[..., Any], *args: Any) -> Any:
         hint = f"; {one_line(str(exc))}" if str(exc) else ""
         print(f"{interrupt_label(exc)}{hint}", file=sys.stderr, flush=True)
         sys.exit(TERMINATED_EXIT if isinstance(exc, Terminated) else INTERRUPT_EXIT)
+    except Exception as exc:
+        if not isinstance(exc, OutOfMemory) and not is_out_of_memory(exc):
+            raise  # a bug: keep the traceback
+        sys.stdout.flush()
+        message = str(exc) if isinstance(exc, OutOfMemory) else MemoryReport().message(exc, BEFORE_THE_RUN)
+        print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+        sys.exit(OUT_OF_MEMORY_EXIT)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -31,7 +31,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Collection, Dict, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from ranksim.harness.checkpoint import (
 )
 from ranksim.harness.cli import UserError, cannot_write, interrupt_label, one_line
 from ranksim.harness.distributed import DistContext, broadcast_object, sync_state
+from ranksim.harness.memory import MemoryReport, OutOfMemory, is_out_of_memory
 
 LOG_NAME = "training.log"
 RESULTS_NAME = "results.json"
@@ -217,7 +218,8 @@ class Run:
     Make one with :meth:`for_training`, :meth:`for_resume` or :meth:`for_evaluation` (rank 0 decides the
     directory, the other ranks are told it) and use it as a context manager: a UserError is recorded
     in training.log before it propagates, Ctrl-C / SIGTERM become a KeyboardInterrupt whose message
-    says how to resume, and the log is closed.
+    says how to resume, running out of GPU memory becomes an :class:`OutOfMemory` whose one line (also
+    recorded in training.log) names the phase, the remedies and the --resume command, and the log is closed.
     """
 
     def __init__(self, directory: PathLike, ctx: Optional[DistContext] = None, resumed_from: Optional[str] = None):
@@ -227,6 +229,10 @@ class Run:
         self.logger = RunLogger(self.dir, enabled=self.ctx.is_main)
         # The newest checkpoint of completed training, named when a run diverges.
         self.last_good: Optional[str] = os.fspath(resumed_from) if resumed_from else None
+        # What the program is doing ('epoch 3, validation') and the settings that size its memory: named
+        # if the GPU runs out of memory (ranksim/harness/memory.py). The program sets both.
+        self.phase = "start-up"
+        self.memory = MemoryReport()
 
     # ------------------------------------------------------------------ the three ways a run starts
 
@@ -275,6 +281,11 @@ class Run:
         """TensorBoard scalars ``{tag: value}`` at ``step``."""
         self.logger.scalars(values, step)
 
+    def describe_memory(self, args: Any) -> None:
+        """Name the settings of the parsed flags ``args`` (batch_size, lr, amp; img_size, channels_last where
+        the program has them) in the message of an out-of-memory error (:class:`MemoryReport`)."""
+        self.memory = MemoryReport.from_flags(args, self.ctx.device.type, self.ctx.world_size, self.ctx.rank)
+
     def resumed_best(self, recorded_best: float) -> float:
         """The best validation score to beat after --resume: the checkpoint's ``recorded_best`` when this
         run directory holds a best checkpoint, else inf (the next validation becomes the best)."""
@@ -284,11 +295,12 @@ class Run:
     def save(self, state: Dict[str, Any], is_best: bool) -> None:
         """Write ``state`` as ckpt.pth.tar, and as ckpt.best.pth.tar when ``is_best``. Best first, each
         write atomic: a kill between the two writes leaves the newest state in the best file, and
-        --resume then repeats this epoch (or check) from the previous ckpt.pth.tar, losing nothing."""
+        --resume then repeats this epoch (or check) from the previous ckpt.pth.tar, losing nothing.
+        The second name of a best state is a hard link to the first (:func:`share_file`), not a copy."""
         if self.ctx.is_main:
             if is_best:
                 save_checkpoint(state, self.best_path)
-                copy_as_best(self.best_path, self.ckpt_path)
+                share_file(self.best_path, self.ckpt_path)
             else:
                 save_checkpoint(state, self.ckpt_path)
         self.last_good = os.fspath(self.ckpt_path)
@@ -333,8 +345,33 @@ class Run:
                 self.logger.record_error(exc)
             elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (cli.Terminated)
                 raise self.logger.interrupted(self.ckpt_path, exc) from None
+            elif exc is not None and is_out_of_memory(exc):  # the traceback would hide the one line that matters
+                error = OutOfMemory(self.memory.message(exc, self.phase, checkpoint=self.last_good))
+                self.logger.record_error(error)
+                raise error from None
         finally:
             self.logger.close()
+
+
+def share_file(path: Path, other: Path) -> None:
+    """Make ``other`` name the same file as ``path``, atomically: a hard link made under a temporary name,
+    then renamed over ``other``. A copy (copy_as_best) where the file system has no hard links.
+
+    Why: a best checkpoint is also the latest, and copying it meant writing and fsyncing a few hundred MB
+    again (ResNet-50 with Adam's state) at every best epoch. Sharing the file is safe because every
+    checkpoint write replaces its file by a rename (a new file), never writes into it: when one of the
+    two names is written again later, the other keeps its content.
+    """
+    temporary = other.with_name(f".{other.name}.{os.getpid()}.link")
+    try:
+        if temporary.exists():  # left by a process of this pid killed between the two calls below
+            temporary.unlink()
+        os.link(path, temporary)
+        os.replace(temporary, other)
+    except OSError:
+        if temporary.exists():
+            temporary.unlink()
+        copy_as_best(path, other)
 
 
 def restore_training(path: PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -392,6 +429,32 @@ def write_results_json(run_dir: PathLike, results: Dict[str, Any]) -> Path:
     text = json.dumps(to_jsonable(results), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
+
+
+DATA_DIR_TYPED = "data_dir_as_typed"  # the recorded flag holding --data_dir as typed (data_dir itself: absolute)
+
+
+def resolve_data_dir(args: Any, explicit: Collection[str] = (), recorded: Optional[Mapping[str, Any]] = None,
+                     source: str = "") -> None:
+    """Make ``args.data_dir`` absolute and keep the typed form in ``args.data_dir_as_typed``.
+
+    Both go into the run's recorded flags (checkpoints, results.json), so whatever reads a run later
+    (figures, --resume, --evaluate, reproduce.py) finds its data from any working directory; a run
+    records flags, not the folder it was started in, so a relative ./data meant nothing elsewhere.
+    --resume / --evaluate of one of our checkpoints (``recorded``: its flags; ``source``: e.g.
+    '--resume <path>' for messages) without --data_dir on the command line (``explicit``: the flags given
+    there) take the checkpoint's recorded absolute folder; a folder moved since is a UserError.
+    """
+    folder = (recorded or {}).get("data_dir")
+    if "data_dir" not in explicit and isinstance(folder, str) and os.path.isabs(folder):
+        typed = (recorded or {}).get(DATA_DIR_TYPED) or folder
+        if not os.path.isdir(folder):
+            raise UserError(f"{source}: its data folder (--data_dir {typed} when trained) is not at {folder}; pass "
+                            "--data_dir FOLDER (the folder now holding the run's split files)")
+        args.data_dir, args.data_dir_as_typed = folder, typed
+        return
+    args.data_dir_as_typed = args.data_dir
+    args.data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
 
 
 def select_device(gpu: Optional[int] = None) -> torch.device:

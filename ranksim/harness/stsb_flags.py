@@ -21,7 +21,7 @@ from ranksim.harness.comparators import (
 )
 from ranksim.harness.distributed import env_world_size
 from ranksim.harness.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
-from ranksim.harness.run import BEST_NAME, CKPT_NAME
+from ranksim.harness.run import BEST_NAME, CKPT_NAME, resolve_data_dir
 from ranksim.losses import LOSSES
 
 DATASET = "sts-b"
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no_progress", action="store_true", help="no progress bars")
     a("--amp", default="", choices=["", "bf16", "fp16"], help="mixed-precision training (autocast; fp16 with loss "
       "scaling); RankSim, the loss, the head and the metrics stay float32")
+    a("--compile", action="store_true", help="torch.compile the training forward (dynamic shapes: sentence lengths "
+      "vary); the packed LSTM itself stays eager, so expect start-up cost rather than speed (bench/README.md)")
     # ConR's omega on the score / 5 targets: 0.04 = 0.2 score points, the step of most STS-B scores
     add_comparator_flags(p, with_rnc=False, conr_omega=0.04)
     return p
@@ -160,14 +162,17 @@ def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
     """--evaluate --eval_model CKPT / --resume CKPT: MODEL_FLAGS from CKPT's recorded flags ('args', written
     by train.py; --evaluate only the SIZE_FLAGS: evaluation never applies FDS); a contradicting flag in
     ``explicit`` (given on the command line) is a UserError. A published model_state_best.th records none:
-    the flags stay as passed, by default the paper's."""
+    the flags stay as passed, by default the paper's. --data_dir becomes absolute (the checkpoint's recorded
+    folder unless given): :func:`~ranksim.harness.run.resolve_data_dir`."""
     flag, path = ("--eval_model", args.eval_model) if args.evaluate else ("--resume", args.resume)
     if not path:
+        resolve_data_dir(args)
         return
     check_checkpoint_flag(flag, path, BEST_NAME if args.evaluate else CKPT_NAME)
     recorded = load_checkpoint(path).get("args")
     if isinstance(recorded, dict):
         adopt_recorded_flags(args, explicit, recorded, SIZE_FLAGS if args.evaluate else MODEL_FLAGS, f"{flag} {path}")
+    resolve_data_dir(args, explicit, recorded if isinstance(recorded, dict) else None, f"{flag} {path}")
 
 
 def run_name(args: argparse.Namespace) -> str:
