@@ -13,6 +13,7 @@ docs/library.md describes every public name.
 from ranksim.balanced_mse import BalancedMSELoss, bmc_loss, bni_loss, gai_loss
 from ranksim.bins import Binning
 from ranksim.contrastive import conr_loss, rnc_loss
+from ranksim.diagnostics import gradient_ratio, health_report, mean_cosine, rank_agreement
 from ranksim.distributed import GatheredRankSim, all_gather_with_grad, gather_global_batch
 from ranksim.fds import FDS
 from ranksim.ranking import TrueRanker, rank, rank_normalised
@@ -22,6 +23,7 @@ __all__ = [
     "FDS", "BalancedMSELoss", "Binning", "GatheredRankSim", "RankSim", "TrueRanker", "all_gather_with_grad",
     "batchwise_ranking_regularizer", "bmc_loss", "bni_loss", "conr_loss", "gai_loss", "gather_global_batch", "rank",
     "rank_normalised",
+    "gradient_ratio", "health_report", "mean_cosine", "rank_agreement",
     "reduce_ties", "rnc_loss",
 ]
 __version__ = "0.1.0"
