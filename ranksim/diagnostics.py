@@ -177,8 +177,8 @@ def health_warnings(mean_cos: float, grad_ratio: Optional[float], gamma: float,
     lines = []
     if mean_cos > collapsed_cosine:
         fix = ("lower gamma (RankSim's weight, --regularization_weight); a smaller learning rate only "
-               "delays the collapse" if gamma > 0 else "no RankSim in this run, so the task itself collapses "
-               "them; RankSim's rankings would be noise here")
+               "delays the collapse" if gamma > 0 else "gamma is 0 in this run, so the task itself collapses "
+               "them (a ranking regularizer would see noise)")
         lines.append(f"{where}features collapsed: mean pairwise cosine {mean_cos:.4f} > {collapsed_cosine:g}; "
                      f"their ranking is noise: {fix}")
     if gamma > 0 and grad_ratio is not None:

@@ -137,7 +137,7 @@ def test_warnings_fire_exactly_past_their_thresholds():
     collapsed = health_warnings(COLLAPSED_COSINE + 1e-4, 1.0, gamma=100.0)
     assert len(collapsed) == 1 and "collapsed" in collapsed[0] and "lower gamma" in collapsed[0]
     assert "learning rate only delays" in collapsed[0]
-    assert "no RankSim in this run" in health_warnings(0.999, None, gamma=0.0)[0]
+    assert "gamma is 0 in this run" in health_warnings(0.999, None, gamma=0.0)[0]
     dominating = health_warnings(0.5, DOMINATING_RATIO * 1.01, gamma=100.0)
     assert len(dominating) == 1 and "dominates" in dominating[0] and "now 100" in dominating[0]
     assert health_warnings(0.5, DOMINATING_RATIO, gamma=1.0) == []
