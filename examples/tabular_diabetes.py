@@ -1,7 +1,7 @@
 """RankSim on a real tabular regression: scikit-learn's diabetes data (442 patients, 10 features,
 target: disease progression one year later, 25-346), made imbalanced, vanilla vs RankSim.
 
-    python examples/tabular_diabetes.py             # vanilla vs RankSim, 3 seeds, ~20 s on a 2-core CPU
+    python examples/tabular_diabetes.py             # vanilla vs RankSim, 3 seeds, ~10 s of CPU time
     python examples/tabular_diabetes.py --sweep     # the gamma sweep below (5 gammas + vanilla, 3 seeds)
     python examples/tabular_diabetes.py --seeds 0 --epochs 5   # smoke run
 

@@ -2,8 +2,8 @@
 show the known failures (docs/library.md, "Is RankSim working?").
 
 B is the batch size, D the feature width, d the label dimension. Every function takes torch
-tensors (any device, any float dtype; computed in float64 on the host, except
-:func:`gradient_ratio`, which differentiates on the tensors' device) or, for the first two, NumPy arrays.
+tensors (any device, any float dtype; computed in float64 on the features' device, so a GPU run
+copies nothing to the host but the result) or, for the first two, NumPy arrays.
 
 * :func:`mean_cosine` (features [B, D]): the mean cosine similarity over all pairs i != j. Near 1
   the features have collapsed onto one direction: the differences left between them are tiny,
@@ -26,7 +26,8 @@ The thresholds and the measurements behind them (one seed each; quick measuremen
   * DOMINATING_RATIO = 5. The MLP examples' gamma sweeps (examples/README.md, 3 seeds each): on
     the diabetes data the ratio after training was 0.63 at gamma 0.1 (MAE within noise of
     vanilla), 6.4 at gamma 0.3 (worse in some seeds) and 6.6 at gamma 1 (worse than predicting the
-    train mean in every seed); at initialisation 2.4, 5.9 and 18. With unstandardised inputs
+    train mean in every seed); at initialisation 2.4, 5.9 and 18. On the 2-D example 1.3 at gamma
+    0.1 (no collapse) and 6.2 at gamma 1 (features collapsing). With unstandardised inputs
     RankSim at gamma 1 started at 6-50 times the L1 gradient and collapsed the features in every seed.
   * VANISHING_RATIO = 1e-3 (only while gamma > 0). An fp16 step that lets the loss scaler's factor
     (65536) reach only one of the two terms shrinks RankSim's gradient by 1/65536 ~ 1.5e-5
@@ -37,7 +38,6 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 COLLAPSED_COSINE = 0.99
 DOMINATING_RATIO = 5.0
@@ -47,31 +47,36 @@ LABEL_DISTANCES = ("l1", "l2")
 Array = Union[torch.Tensor, np.ndarray, Sequence[float]]
 
 
-def _as_matrix(values: Array, name: str) -> np.ndarray:
-    """values [B, ...] -> float64 [B, rest] on the host; ValueError for an empty or non-finite input."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().to("cpu", torch.float64).numpy()
-    array = np.asarray(values, dtype=np.float64)
-    if array.ndim == 0 or array.shape[0] == 0:
-        raise ValueError(f"{name}: expected a non-empty batch [B, ...], got shape {array.shape}")
-    array = array.reshape(array.shape[0], -1)
-    if array.shape[1] == 0 or not np.isfinite(array).all():
-        raise ValueError(f"{name}: expected finite numbers of shape [B, ...], got shape {array.shape} "
-                         f"with {int((~np.isfinite(array)).sum())} non-finite value(s)")
-    return array
+def _as_matrix(values: Array, name: str, device: Optional[torch.device] = None) -> torch.Tensor:
+    """values [B, ...] -> float64 [B, rest] on ``device`` (default: the tensor's own, the CPU for
+    arrays); ValueError for an empty or non-finite input."""
+    if not isinstance(values, torch.Tensor):
+        values = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    matrix = values.detach().to(device or values.device)
+    if matrix.device.type == "mps":  # no float64 there
+        matrix = matrix.cpu()
+    matrix = matrix.to(torch.float64)
+    if matrix.dim() == 0 or matrix.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty batch [B, ...], got shape {tuple(matrix.shape)}")
+    matrix = matrix.reshape(matrix.shape[0], -1)
+    finite = torch.isfinite(matrix)
+    if matrix.shape[1] == 0 or not bool(finite.all()):
+        raise ValueError(f"{name}: expected finite numbers of shape [B, ...], got shape {tuple(matrix.shape)} "
+                         f"with {int((~finite).sum())} non-finite value(s)")
+    return matrix
 
 
-def _cosine_matrix(features: np.ndarray) -> np.ndarray:
+def _cosine_matrix(features: torch.Tensor) -> torch.Tensor:
     """[B, D] -> [B, B] cosine similarities (a zero feature vector has cosine 0 with everything)."""
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    unit = features / np.where(norms > 0, norms, 1.0)
+    unit = torch.nn.functional.normalize(features, dim=1)
     return unit @ unit.T
 
 
-def _off_diagonal(matrix: np.ndarray) -> np.ndarray:
+def _off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """[B, B] -> [B, B - 1]: row i without its entry j = i."""
     batch = matrix.shape[0]
-    return matrix[~np.eye(batch, dtype=bool)].reshape(batch, batch - 1)
+    keep = ~torch.eye(batch, dtype=torch.bool, device=matrix.device)
+    return matrix[keep].reshape(batch, batch - 1)
 
 
 def mean_cosine(features: Array) -> float:
@@ -84,30 +89,37 @@ def mean_cosine(features: Array) -> float:
     batch = matrix.shape[0]
     if batch < 2:
         raise ValueError(f"features: mean pairwise cosine needs at least 2 samples, got {batch}")
-    return float(_off_diagonal(_cosine_matrix(matrix)).mean())
+    return float(_off_diagonal(_cosine_matrix(matrix)).mean())  # the one host sync
 
 
-def label_closeness(targets: Array, label_distance: str = "l1") -> np.ndarray:
+def label_closeness(targets: Array, label_distance: str = "l1",
+                    device: Optional[torch.device] = None) -> torch.Tensor:
     """-dist(y_i, y_j) for targets [B] / [B, 1] / [B, d]: float64 [B, B] (RankSim's label similarity)."""
     if label_distance not in LABEL_DISTANCES:
         raise ValueError(f"label_distance={label_distance!r} is not one of {', '.join(LABEL_DISTANCES)}")
-    labels = _as_matrix(targets, "targets")
+    labels = _as_matrix(targets, "targets", device)
     difference = labels[:, None, :] - labels[None, :, :]
     if label_distance == "l1":
-        return -np.abs(difference).sum(axis=2)
-    return -np.sqrt(np.square(difference).sum(axis=2))
+        return -difference.abs().sum(dim=2)
+    return -difference.square().sum(dim=2).sqrt()
 
 
-def _row_spearman(first: np.ndarray, second: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row Spearman of two [B, m] arrays (average ranks for ties) -> (rho [B], first constant
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Row-wise ranks of [n, m] values, 1..m, ties sharing their average rank (scipy's rankdata)."""
+    ordered = values.sort(dim=1).values
+    below = torch.searchsorted(ordered, values.contiguous(), right=False)  # entries smaller than each value
+    up_to = torch.searchsorted(ordered, values.contiguous(), right=True)  # entries smaller or equal
+    return (below + up_to + 1).to(torch.float64) / 2
+
+
+def _row_spearman(first: torch.Tensor, second: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row Spearman of two [B, m] tensors (average ranks for ties) -> (rho [B], first constant
     [B] bool, second constant [B] bool); rho is 0 where a row is constant."""
-    ranked = [rankdata(values, axis=1) for values in (first, second)]
-    centred = [r - r.mean(axis=1, keepdims=True) for r in ranked]
-    spreads = [np.sqrt(np.square(c).sum(axis=1)) for c in centred]
-    constant = [s == 0 for s in spreads]
-    denominator = np.where(constant[0] | constant[1], 1.0, spreads[0] * spreads[1])
-    rho = (centred[0] * centred[1]).sum(axis=1) / denominator
-    return rho, constant[0], constant[1]
+    centred = [r - r.mean(dim=1, keepdim=True) for r in (_average_ranks(first), _average_ranks(second))]
+    spreads = [c.square().sum(dim=1).sqrt() for c in centred]
+    constant = [spread == 0 for spread in spreads]
+    denominator = torch.where(constant[0] | constant[1], torch.ones_like(spreads[0]), spreads[0] * spreads[1])
+    return (centred[0] * centred[1]).sum(dim=1) / denominator, constant[0], constant[1]
 
 
 def rank_agreement(features: Array, targets: Array, label_distance: str = "l1") -> float:
@@ -122,7 +134,7 @@ def rank_agreement(features: Array, targets: Array, label_distance: str = "l1") 
     label), for mismatched batch sizes and for non-finite inputs.
     """
     matrix = _as_matrix(features, "features")
-    closeness = label_closeness(targets, label_distance)
+    closeness = label_closeness(targets, label_distance, matrix.device)
     if closeness.shape[0] != matrix.shape[0]:
         raise ValueError(f"features and targets: batch sizes differ ({matrix.shape[0]} and "
                          f"{closeness.shape[0]}); pass one target per sample")
@@ -131,12 +143,12 @@ def rank_agreement(features: Array, targets: Array, label_distance: str = "l1") 
         raise ValueError(f"rank agreement is undefined for a batch of {batch} sample(s): each row needs at "
                          "least 2 other samples to rank; pass 3 or more")
     rho, labels_constant, _ = _row_spearman(_off_diagonal(closeness), _off_diagonal(_cosine_matrix(matrix)))
-    if labels_constant.all():
-        distinct = len(np.unique(closeness[0])) if batch else 0
+    if bool(labels_constant.all()):
+        distinct = len(torch.unique(closeness[0]))
         raise ValueError("rank agreement is undefined for this batch: in every row the other labels are all "
                          f"equally far away ({'a single distinct label' if distinct == 1 else 'no label ranking'}); "
                          "pass a batch with at least 3 samples and 2 distinct labels")
-    return float(rho[~labels_constant].mean())
+    return float(rho[~labels_constant].mean())  # the one host sync (boolean indexing: fine once per call)
 
 
 def gradient_ratio(features: torch.Tensor, task_loss: torch.Tensor, ranksim_loss: torch.Tensor) -> float:

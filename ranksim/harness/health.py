@@ -12,8 +12,9 @@ What is measured, and on what:
     ratio at another gamma does not tell how large it would be (RankSim's blackbox gradient is not
     linear in gamma); ranksim.diagnostics.gradient_ratio measures any candidate gamma directly.
   * val: the features validation already computes (the regression head's input, captured by a
-    forward hook while the val predictions are made), at most VAL_SAMPLES of them, chosen once by
-    a private generator (the rank agreement's cost grows as n^2 log n): mean cosine, rank agreement.
+    forward hook while the val predictions are made, kept on the device), at most VAL_SAMPLES of
+    them, chosen once by a private generator (the rank agreement's cost grows as n^2 log n): mean
+    cosine, rank agreement, computed on the device (a handful of host syncs per epoch, none per step).
 Nothing here draws from the training random streams (private NumPy and torch generators), changes
 BatchNorm statistics (eval mode) or touches a parameter's .grad (autograd.grad at the features), so
 runs with the same seed stay bit-identical with or without it; nothing syncs inside a training step.
@@ -38,7 +39,7 @@ from ranksim.harness.data.age import AgeCSVDataset, age_transform
 from ranksim.harness.distributed import sampler_indices
 from ranksim.regularizer import batchwise_ranking_regularizer
 
-VAL_SAMPLES = 512  # val features per measurement: rank agreement on 512 x 511 pairs takes ~0.1 s on a CPU core
+VAL_SAMPLES = 512  # val features per measurement (rank agreement costs n^2 log n, on the features' device)
 SELECTION_SEED = 0  # the private generator that picks the fixed train batch and the val subset
 TIE_DRAW_SEED = 0  # RankSim's tie draws on the fixed batch: the same in every epoch
 
@@ -63,15 +64,16 @@ def age_fixed_batch(dataset: AgeCSVDataset, size: int, device: torch.device):
 
 @contextlib.contextmanager
 def head_inputs(head: nn.Module, enabled: bool = True) -> Iterator[List[torch.Tensor]]:
-    """Collect the input of ``head`` (the features [b, D], as float32 on the host) of every forward call
-    inside the block, into the yielded list. A forward hook: the model's code is unchanged."""
+    """Collect the input of ``head`` (the features [b, D], as float32 on their device: no copy, no
+    sync) of every forward call inside the block, into the yielded list. A forward hook: the model's
+    code is unchanged."""
     captured: List[torch.Tensor] = []
     if not enabled:
         yield captured
         return
 
     def keep(module, inputs, output):
-        captured.append(inputs[0].detach().float().cpu())  # prediction already copies its output to the host here
+        captured.append(inputs[0].detach().float())
 
     handle = head.register_forward_hook(keep)
     try:
@@ -162,7 +164,7 @@ class RunHealth:
         features = torch.cat(val_features) if val_features else torch.zeros(0, 1)
         labels = self.val_labels[self.val_order[:len(features)]]
         keep = fixed_indices(len(features), VAL_SAMPLES)
-        features, labels = features[torch.as_tensor(keep, dtype=torch.long)], labels[keep]
+        features, labels = features[torch.as_tensor(keep, dtype=torch.long, device=features.device)], labels[keep]
         return {"mean_cosine": _defined(lambda: mean_cosine(features)),
                 "rank_agreement": _defined(lambda: rank_agreement(features, labels))}
 
