@@ -9,8 +9,10 @@
    run whose finished run with the same settings is already under demo_runs/.
 3. Prints, per shot group, the mean ± sample std over the seeds of the test MAE and GM (plus the
    "predict the train mean" baseline), and each method's paired difference to Vanilla (same seeds)
-   with its 95 % Student-t interval (ranksim/stats.py); writes it all to demo_runs/demo_table.md and
-   draws the figures into demo_runs/figures/.
+   with its 95 % Student-t interval (ranksim/stats.py), and each method's RankSim health at the last
+   epoch from results.json (mean cosine and rank agreement of the val features and of the fixed train
+   batch, the gradient ratio); writes it all to demo_runs/demo_table.md and draws the figures into
+   demo_runs/figures/.
 
 Settings (shared by all methods so that only the method differs): Adam, lr 1e-3, batch 64, L1 loss,
 EPOCHS epochs with the lr divided by 10 for the last one. RankSim uses the paper's AgeDB-DIR

@@ -1,7 +1,7 @@
 """RankSim with 2-D labels: regress a point (u, v) in the unit square from a 16-D noisy
 observation of it, with train points crowded into one corner; vanilla vs RankSim (L2 label distance).
 
-    python examples/two_d_labels.py                 # vanilla vs RankSim, 3 seeds, about a minute on a 2-core CPU
+    python examples/two_d_labels.py                 # vanilla vs RankSim, 3 seeds, ~12 s of CPU time
     python examples/two_d_labels.py --sweep         # the gamma sweep (5 gammas + vanilla, 3 seeds)
     python examples/two_d_labels.py --seeds 0 --epochs 3   # smoke run
 

@@ -122,3 +122,42 @@ def test_stsb_vanilla_run_records_health_at_every_check(tmp_path):
     assert results["health"] == history[-1]
     log = (tmp_path / "runs" / "vanilla" / "training.log").read_text()
     assert log.count("health epoch") == 3 and log.count("grad ratio null (gamma 0)") == 3
+
+
+class _DropsTheLossScale(torch.autograd.Function):
+    """A RankSim term whose backward ignores the size of its incoming gradient, as an fp16 bug would:
+    under a loss scale of 65536 its gradient then comes out 65536 times too small."""
+
+    @staticmethod
+    def forward(ctx, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.ones_like(grad)
+
+
+@pytest.mark.parametrize("scale, warns", [(65536.0, True), (None, False)])
+def test_fp16_loss_scale_lost_by_ranksim_reads_as_a_vanishing_ratio(monkeypatch, scale, warns):
+    import types
+
+    import ranksim.harness.health as health_module
+
+    real = health_module.batchwise_ranking_regularizer
+    monkeypatch.setattr(health_module, "batchwise_ranking_regularizer",
+                        lambda *args, **kwargs: _DropsTheLossScale.apply(real(*args, **kwargs)))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    inputs, ages = torch.randn(16, 3), torch.arange(16.0).reshape(16, 1)
+    run = types.SimpleNamespace(ctx=types.SimpleNamespace(is_main=True), log=lambda message: None,
+                                scalars=lambda values, step: None,
+                                logger=types.SimpleNamespace(record_error=lambda error, prefix: None))
+    health = RunHealth(run, model[2], 1.0, 2.0, lambda: (inputs, ages, ages, torch.ones(16, 1)),
+                       lambda preds, targets, weights: (preds - targets).abs().mean(), np.arange(16.0), range(16))
+    options = types.SimpleNamespace(autocast=lambda device: contextlib.nullcontext(), images=lambda x: x,
+                                    scaler=scale and types.SimpleNamespace(get_scale=lambda: scale))
+    with health.capture_val() as features:
+        model(inputs)
+    record = health.check(model, options, features, epoch=1)
+    vanishing = [line for line in record["warnings"] if "no effect" in line]
+    assert bool(vanishing) == warns and (record["train"]["grad_ratio"] < 1e-3) == warns

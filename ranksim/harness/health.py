@@ -7,7 +7,10 @@ What is measured, and on what:
     without augmentation (the val/test transform), the model in eval mode (BatchNorm's running
     statistics, no dropout, no FDS smoothing). Mean pairwise cosine, rank agreement, and the
     gradient ratio ||d(gamma * RankSim)/d features|| / ||d task loss/d features|| with gamma =
-    --regularization_weight, the run's task loss (weights included) and RankSim's own targets.
+    --regularization_weight, the run's task loss (weights included) and RankSim's own targets;
+    under --amp fp16 both terms are multiplied by the loss scaler's current scale, as in the step's
+    backward, so a RankSim gradient that loses the scale (1/65536 of what it should be) reads as a
+    vanishing ratio and warns.
     A vanilla run (gamma = 0) records grad_ratio = null: gamma * RankSim has no gradient, and the
     ratio at another gamma does not tell how large it would be (RankSim's blackbox gradient is not
     linear in gamma); ranksim.diagnostics.gradient_ratio measures any candidate gamma directly.
@@ -156,7 +159,10 @@ class RunHealth:
                 generator = torch.Generator(features.device).manual_seed(TIE_DRAW_SEED)
                 ranksim = self.gamma * batchwise_ranking_regularizer(features, ranksim_targets, self.interp_lambda,
                                                                      generator=generator)
-                ratio = gradient_ratio(features, task, ranksim)
+                # fp16: both terms times the loss scale, as the step's backward sees them, so a RankSim
+                # backward that mishandles the scale shows up here as a ratio off by that factor.
+                scale = options.scaler.get_scale() if options.scaler is not None else 1.0
+                ratio = gradient_ratio(features, task * scale, ranksim * scale)
         return {"mean_cosine": _defined(lambda: mean_cosine(features)),
                 "rank_agreement": _defined(lambda: rank_agreement(features, ranksim_targets)), "grad_ratio": ratio}
 
