@@ -86,7 +86,8 @@ def head_inputs(head: nn.Module, enabled: bool = True) -> Iterator[List[torch.Te
 
 
 def _defined(measure: Callable[[], float]) -> Optional[float]:
-    """measure(), or None where the diagnostic is undefined (e.g. rank agreement of a batch of one label)."""
+    """measure(), or None where the diagnostic is undefined (e.g. rank agreement of a batch of one label,
+    or a RankSim term cut off from the features there)."""
     try:
         return measure()
     except ValueError:
@@ -162,7 +163,7 @@ class RunHealth:
                 # fp16: both terms times the loss scale, as the step's backward sees them, so a RankSim
                 # backward that mishandles the scale shows up here as a ratio off by that factor.
                 scale = options.scaler.get_scale() if options.scaler is not None else 1.0
-                ratio = gradient_ratio(features, task * scale, ranksim * scale)
+                ratio = _defined(lambda: gradient_ratio(features, task * scale, ranksim * scale))
         return {"mean_cosine": _defined(lambda: mean_cosine(features)),
                 "rank_agreement": _defined(lambda: rank_agreement(features, ranksim_targets)), "grad_ratio": ratio}
 
