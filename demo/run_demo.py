@@ -9,8 +9,10 @@
    run whose finished run with the same settings is already under demo_runs/.
 3. Prints, per shot group, the mean ± sample std over the seeds of the test MAE and GM (plus the
    "predict the train mean" baseline), and each method's paired difference to Vanilla (same seeds)
-   with its 95 % Student-t interval (ranksim/stats.py); writes it all to demo_runs/demo_table.md and
-   draws the figures into demo_runs/figures/.
+   with its 95 % Student-t interval (ranksim/stats.py), and each method's RankSim health at the last
+   epoch from results.json (mean cosine and rank agreement of the val features and of the fixed train
+   batch, the gradient ratio); writes it all to demo_runs/demo_table.md and draws the figures into
+   demo_runs/figures/.
 
 Settings (shared by all methods so that only the method differs): Adam, lr 1e-3, batch 64, L1 loss,
 EPOCHS epochs with the lr divided by 10 for the last one. RankSim uses the paper's AgeDB-DIR
@@ -149,6 +151,43 @@ def summary_table(metric: str, baseline: dict, results: dict, counts: dict) -> s
     return "\n".join(lines) + "\n"
 
 
+# (part, key, column title) of results.json's "health" record (ranksim/harness/health.py)
+HEALTH_COLUMNS = (("val", "mean_cosine", "val mean cosine"), ("val", "rank_agreement", "val rank agreement"),
+                  ("train", "mean_cosine", "train-batch mean cosine"),
+                  ("train", "rank_agreement", "train-batch rank agreement"),
+                  ("train", "grad_ratio", "grad ratio RankSim : L1"))
+
+
+def health_cell(records: list, part: str, key: str) -> str:
+    """One health number over the seeds' last-epoch records: mean ± std, 'null' for a vanilla run's
+    gradient ratio, 'n/a' where a record has it undefined."""
+    values = [record[part][key] for record in records]
+    if all(v is None for v in values):
+        return "null (gamma 0)" if key == "grad_ratio" else "n/a"
+    if any(v is None for v in values):
+        return "n/a"
+    return summarize(values).format(3)
+
+
+def health_table(results: dict) -> str:
+    """Markdown table of each method's RankSim health at its last epoch, read from results.json
+    ("health"), as mean ± std over the seeds; then the warnings of those records, one line each."""
+    header = ("| RankSim health, last epoch (mean ± std over seeds) | "
+              + " | ".join(title for _, _, title in HEALTH_COLUMNS) + " |")
+    lines, notes = [header, "|---" * (len(HEALTH_COLUMNS) + 1) + "|"], []
+    for key, runs in results.items():
+        name, records = METHODS[key][0], [r.get("health") for r in runs]
+        if any(record is None for record in records):
+            cells = ["not recorded (runs made before the health record; --retrain)"] + [""] * (len(HEALTH_COLUMNS) - 1)
+        else:
+            cells = [health_cell(records, part, column) for part, column, _ in HEALTH_COLUMNS]
+            seeds = [r["args"]["seed"] for r in runs]
+            notes += [f"- {name}, seed {seed}: {warning}" for seed, record in zip(seeds, records)
+                      for warning in record["warnings"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + notes) + "\n"
+
+
 def verdict(difference, lower: str = "lower", higher: str = "higher") -> str:
     """What a paired difference supports: ``lower`` / ``higher`` than the reference, or within noise."""
     if difference.n < 2:
@@ -285,6 +324,9 @@ def main(argv=None) -> None:
     report = (f"Demo results: test split, {len(seeds)} seed(s) per method ({', '.join(map(str, seeds))}); "
               "MAE and GM in years; column headers give the test images per shot group.\n\n"
               + summary_table("mae", baseline, results, counts) + "\n" + summary_table("gmean", baseline, results, counts))
+    report += ("\nRankSim health (docs/library.md, 'Is RankSim working?'): features collapsed above a mean "
+               "cosine of 0.99; rank agreement = mean row-wise Spearman of feature vs label similarity.\n\n"
+               + health_table(results))
     paired = paired_table(results, counts)
     if paired:
         report += ("\nPaired differences (run i of each method uses seed i): mean [95 % Student-t interval]; "

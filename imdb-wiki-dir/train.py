@@ -43,6 +43,7 @@ from ranksim.harness.distributed import (
     sync_buffers,
     wrap_model,
 )
+from ranksim.harness.health import RunHealth, age_fixed_batch
 from ranksim.harness.loop import (
     DivergenceError,
     checked_loss,
@@ -149,6 +150,9 @@ def train_and_test(args, ctx) -> dict:
             train_model = torch.compile(train_model)
         weighted_loss = comparator.balanced or (published_age_loss if args.published_quirks else get_loss)(args.loss)
         global_batch = GlobalBatch(ctx, args.seed)
+        health = RunHealth(run, model.linear, args.regularization_weight, args.interpolation_lambda,  # RankSim health
+                           lambda: age_fixed_batch(datasets["train"], args.batch_size, device), weighted_loss,
+                           datasets["val"].labels, loaders["val"].sampler)
         score_name = "mse" if args.loss == "mse" else "mae"
         if args.resume:  # last before the first batch: nothing may draw from the restored random streams before it
             restore_random_state(checkpoint, ctx, args.seed, start_epoch)
@@ -168,7 +172,8 @@ def train_and_test(args, ctx) -> dict:
                                           show_progress=ctx.is_main, gather=gather, options=options)
                     sync_buffers(model, ctx)
                 run.phase = f"epoch {epoch + 1}, validation"
-                val = validate(model, loaders["val"], train_labels, ctx, options, epoch)
+                with health.capture_val() as val_features:  # the val features, for the health check
+                    val = validate(model, loaders["val"], train_labels, ctx, options, epoch)
             except DivergenceError as exc:
                 raise run.diverged(exc) from None
             # RnC stage 1 trains no head, so its val score means nothing: the newest epoch counts as the best.
@@ -185,11 +190,12 @@ def train_and_test(args, ctx) -> dict:
                     f"{best_score:.3f}{' (new best)' if is_best else ''}")
             run.scalars({"train/loss": train_loss, "train/ranksim": ranksim_loss, "lr": lr, "val/mse": val["mse"],
                          "val/mae": val["mae"], "val/gmean": val["gmean"]}, epoch + 1)
+            health.check(model, options, val_features, epoch + 1)  # one line, scalars, warnings (harness/health.py)
 
         best = run.load_best(model)
         run.phase = "test"
         results = test(model, loaders["test"], train_labels, ctx, options)
-        return finish(run, args, run.best_path, best["epoch"], sizes, results)
+        return finish(run, args, run.best_path, best["epoch"], sizes, {**results, **health.results()})
 
 
 def train_one_epoch(model, loader, optimizer, weighted_loss, epoch, args, run, options, global_batch, comparator):

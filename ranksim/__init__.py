@@ -14,6 +14,7 @@ from ranksim.balanced_mse import BalancedMSELoss, bmc_loss, bni_loss, gai_loss
 from ranksim.bins import Binning
 from ranksim.contrastive import conr_loss, rnc_loss
 from ranksim.denseweight import DenseWeight, dense_weights
+from ranksim.diagnostics import gradient_ratio, health_report, mean_cosine, rank_agreement
 from ranksim.distributed import GatheredRankSim, all_gather_with_grad, gather_global_batch
 from ranksim.fds import FDS
 from ranksim.ordinal_entropy import OrdinalEntropy, ordinal_entropy, ordinal_entropy_terms
@@ -24,6 +25,7 @@ __all__ = [
     "FDS", "BalancedMSELoss", "Binning", "GatheredRankSim", "RankSim", "TrueRanker", "all_gather_with_grad",
     "batchwise_ranking_regularizer", "bmc_loss", "bni_loss", "conr_loss", "gai_loss", "gather_global_batch", "rank",
     "rank_normalised",
+    "gradient_ratio", "health_report", "mean_cosine", "rank_agreement",
     "reduce_ties", "rnc_loss",
     "DenseWeight", "OrdinalEntropy", "dense_weights", "ordinal_entropy", "ordinal_entropy_terms",
 ]

@@ -56,6 +56,7 @@ from ranksim.harness.distributed import (
     run_on_every_rank,
     wrap_model,
 )
+from ranksim.harness.health import RunHealth, fixed_indices
 from ranksim.harness.loop import (
     DivergenceError,
     checked_loss,
@@ -139,17 +140,18 @@ def run_program(args, argv, ctx) -> Dict:
             progress = resumed_progress(run, checkpoint, args.resume)
             # Last before the first batch: nothing may draw from the restored random streams first.
             restore_random_state(checkpoint, ctx, args.random_seed, progress.iteration)
-        train(args, run, wrap_model(model, ctx), optimizer, progress, data, vocab, ctx, options, comparator)
+        health = train(args, run, wrap_model(model, ctx), optimizer, progress, data, vocab, ctx, options, comparator)
         best = run.load_best(model)
         run.log(f"best checkpoint: iteration {progress.best_iteration}, val mse {progress.best_val_mse:.4f}")
-        return test(args, run, model, data, ctx, options, run.best_path, best)
+        return test(args, run, model, data, ctx, options, run.best_path, best, extra=health.results())
 
 
 # ------------------------------------------------------------------------------------- training
 
-def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comparator) -> None:
+def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comparator) -> RunHealth:
     """--val_interval steps, then a validation check (log, checkpoint, early stop), until --max_vals
-    checks. model: DDP-wrapped under torchrun (prediction and the FDS pass use the bare model)."""
+    checks. model: DDP-wrapped under torchrun (prediction and the FDS pass use the bare model).
+    Returns the run's health records (ranksim/harness/health.py), one per check."""
     bare, show = unwrap_model(model), not args.no_progress and ctx.is_main
     # --compile: the training forward only (it shares its weights with `model`, which checkpoints save);
     # dynamic shapes, as every batch has its own sentence length.
@@ -158,6 +160,9 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
     gather_fds = fds_gather(fds_loader.sampler, len(data["train"])) if ctx.distributed and args.fds else None
     weighted_loss = stsb_loss(args) if comparator.balanced is None else comparator.balanced  # --bmse replaces --loss
     global_batch = GlobalBatch(ctx, seed=args.random_seed)
+    health = RunHealth(run, bare.head, args.regularization_weight, args.interpolation_lambda,  # RankSim health
+                       lambda: fixed_train_batch(data["train"], args.batch_size, ctx.device), weighted_loss,
+                       data["val"].scores, val_loader.sampler)
     global_batch.set_epoch(progress.epoch)
     batches = rank_batches(len(data["train"]), args.batch_size, args.random_seed, progress.epoch, ctx.world_size)
     while len(progress.val_history) < args.max_vals:
@@ -194,16 +199,27 @@ def train(args, run, model, optimizer, progress, data, vocab, ctx, options, comp
         bar.close()
 
         run.phase = f"validation check {len(progress.val_history) + 1}"
-        preds, scores = predict_scores(bare, val_loader, ctx, options, show, "val")
+        with health.capture_val() as val_features:  # the val features, for the health check
+            preds, scores = predict_scores(bare, val_loader, ctx, options, show, "val")
         val = test_metrics(preds, scores)["all"]
         is_best = progress.record(val["mse"])
         log_check(run, args, progress, val, loss_sum / args.val_interval, float(ranksim_sum) / args.val_interval,
                   is_best)
+        health.check(bare, options, val_features, progress.epoch + 1, step=progress.iteration,
+                     extra={"check": len(progress.val_history), "iteration": progress.iteration})
         run.save(checkpoint_state(model, optimizer, progress, args, vocab_fingerprint(vocab), comparator, options),
                  is_best)
         if should_stop_early(progress.val_history, args.patience):
             run.log(f"early stop: val mse {val['mse']:.4f} is the worst of the last {args.patience + 1} checks")
             break
+    return health
+
+
+def fixed_train_batch(dataset, size: int, device):
+    """The health check's fixed train batch (ranksim/harness/health.py): (inputs, scores [B, 1] for
+    RankSim, scores / 5 [B, 1] for the task loss, weights [B, 1]) on ``device``."""
+    inputs, scores, weights = collate_pairs([dataset[int(i)] for i in fixed_indices(len(dataset), size)])
+    return inputs.to(device), scores.to(device), scores.to(device) / SCORE_SCALE, weights.to(device)
 
 
 def train_step(model, batch, optimizer, weighted_loss, global_batch, args, epoch: int, options, sizes=None,
@@ -328,13 +344,14 @@ def make_optimizer(model, args):
     return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
-def test(args, run, model, data, ctx, options, checkpoint_path: Path, checkpoint: dict) -> Dict:
-    """The test split with ``model`` (the weights of ``checkpoint_path``): metrics, predictions, results.json."""
+def test(args, run, model, data, ctx, options, checkpoint_path: Path, checkpoint: dict, extra=None) -> Dict:
+    """The test split with ``model`` (the weights of ``checkpoint_path``): metrics, predictions, results.json
+    (plus ``extra``'s entries: the health records of a training run)."""
     run.phase = "test"
     preds, scores = predict_scores(model, eval_loader(data["test"], ctx), ctx, options,
                                    not args.no_progress and ctx.is_main, "test")
     sizes = {name: len(dataset) for name, dataset in data.items()}
-    return write_test_results(run, args, preds, scores, checkpoint_path, checkpoint, sizes)
+    return write_test_results(run, args, preds, scores, checkpoint_path, checkpoint, sizes, extra)
 
 
 if __name__ == "__main__":

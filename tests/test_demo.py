@@ -175,6 +175,16 @@ def test_run_demo_end_to_end_tiny(tmp_path):
         supported = "within noise" if low <= 0 <= high else ("lower" if diff.mean() < 0 else "higher")
         assert cell == f"{diff.mean():+.2f} [{low:+.2f}, {high:+.2f}] (95% CI, n=2): {supported}"
         assert cell.startswith(paired_difference(diff, np.zeros(2)).format(2))
+    # RankSim health per method: mean ± std over the two runs' last-epoch records in results.json.
+    for key, name in (("vanilla", "Vanilla"), ("ranksim", "RankSim")):
+        health_row = [line for line in lines if line.startswith(f"| {name} | ")][2]  # after the MAE and GM rows
+        cells = [c.strip() for c in health_row.strip().strip("|").split("|")]
+        records = [r["health"] for r in results[key]]
+        assert all(r["epoch"] == 2 for r in records)
+        values = np.array([r["val"]["mean_cosine"] for r in records])
+        assert cells[1] == f"{values.mean():.3f} ± {values.std(ddof=1):.3f} (n=2)"
+        ratios = [r["train"]["grad_ratio"] for r in records]
+        assert (cells[5] == "null (gamma 0)") if key == "vanilla" else all(v > 0 for v in ratios)
     assert (runs / "demo_table.md").read_text() in proc.stdout
     assert "2 seed(s) per method (0, 1)" in proc.stdout
     for name in ("demo_examples.png", "demo_label_distribution.png", "demo_per_label_mae.png",
@@ -218,3 +228,24 @@ def test_agedb_quick_start_data_has_all_three_shot_groups(tmp_path):
     counts = {g: int(m.sum()) for g, m in age_shot_groups(train, test).items()}
     assert min(counts.values()) > 0, counts
     assert f"{counts['many']} many-, {counts['medium']} medium- and {counts['few']} few-shot" in " ".join(readme.split())
+
+
+def test_demo_health_table_reads_results_json_and_marks_old_runs():
+    run_demo = load("demo_run_demo", REPO / "demo" / "run_demo.py")
+
+    def record(cosine, ratio, warnings=()):
+        return {"args": {"seed": 0}, "health": {"epoch": 3, "train": {"mean_cosine": 0.5, "rank_agreement": 0.25,
+                                                                       "grad_ratio": ratio},
+                                                "val": {"mean_cosine": cosine, "rank_agreement": None},
+                                                "warnings": list(warnings)}}
+
+    collapsed = "val features: features collapsed: mean pairwise cosine 0.9950 > 0.99; lower gamma"
+    table = run_demo.health_table({"vanilla": [record(0.7, None), record(0.8, None)],
+                                   "ranksim": [record(0.995, 2.0, [collapsed]), {"args": {"seed": 1}}]})
+    rows = table.splitlines()
+    assert rows[2] == "| Vanilla | 0.750 ± 0.071 (n=2) | n/a | 0.500 ± 0.000 (n=2) | 0.250 ± 0.000 (n=2) | null (gamma 0) |"
+    assert rows[3].startswith("| RankSim | not recorded (runs made before the health record; --retrain)")
+    assert len(rows) == 4  # an unrecorded method lists no warnings
+    one = run_demo.health_table({"ranksim": [record(0.995, 2.0, [collapsed])]}).splitlines()
+    assert one[2] == "| RankSim | 0.995 (n=1) | n/a | 0.500 (n=1) | 0.250 (n=1) | 2.000 (n=1) |"
+    assert one[3] == f"- RankSim, seed 0: {collapsed}"

@@ -322,6 +322,8 @@ def test_torchrun_run_writes_one_results_json_equal_to_single_process_evaluation
     trained = json.loads((store / "ddp" / "results.json").read_text())
     log = (store / "ddp" / "training.log").read_text()
     assert "2 processes x 4 samples = global batch 8" in log and log.count("epoch 2/2 lr") == 1
+    # RankSim health: rank 0 alone measures (its val shard, the fixed batch), once per epoch
+    assert log.count("health epoch 1:") == log.count("health epoch 2:") == 1 and trained["health"]["epoch"] == 2
     assert trained["metrics"]["all"]["count"] == 9  # every test sample once, none duplicated
     ckpt = torch.load(store / "ddp" / "ckpt.best.pth.tar", map_location="cpu", weights_only=True)
     assert list(ckpt["state_dict"])[0] == "module.conv1.weight" and "module.FDS.running_mean" in ckpt["state_dict"]
@@ -362,6 +364,7 @@ def test_stsb_torchrun_run_with_ranksim_and_fds_matches_single_process_evaluatio
     assert trained["metrics"]["all"]["count"] == 40
     log = (store / "ddp" / "training.log").read_text()
     assert "2 processes share each global batch of 16" in log and log.count("check 2/2 | iter 20") == 1
+    assert log.count("health epoch") == 2 and [r["check"] for r in trained["health_history"]] == [1, 2]
     ckpt = torch.load(store / "ddp" / "ckpt.pth.tar", map_location="cpu", weights_only=True)
     assert "FDS.running_mean" in ckpt["state_dict"]  # the published plain layout (no module. prefix)
     # two epoch boundaries (iterations 8 and 16): two FDS passes, each over every train pair once

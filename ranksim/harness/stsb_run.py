@@ -139,16 +139,19 @@ def test_metrics(preds: np.ndarray, scores: np.ndarray) -> Dict[str, dict]:
 
 
 def write_test_results(run: Run, args: argparse.Namespace, preds: np.ndarray, scores: np.ndarray,
-                       checkpoint_path: Path, checkpoint: dict, sizes: Dict[str, int]) -> dict:
+                       checkpoint_path: Path, checkpoint: dict, sizes: Dict[str, int],
+                       extra: Optional[dict] = None) -> dict:
     """Log the test metrics of the weights of ``checkpoint_path`` (``checkpoint``: its entries, for the
-    epoch and iteration), write test_predictions.tsv and results.json; returns the results."""
+    epoch and iteration), write test_predictions.tsv and results.json (plus ``extra``'s entries);
+    returns the results."""
     metrics = test_metrics(preds, scores)
     run.log(f"test metrics ({checkpoint_path}):\n{format_metrics_table(metrics)}")
     if run.ctx.is_main:
         write_predictions(run.dir / "test_predictions.tsv", preds, scores)
     results = {"dataset": DATASET, "split": "test", "checkpoint": str(checkpoint_path),
                "epoch": checkpoint.get("epoch"), "iteration": checkpoint.get("iteration"), "args": vars(args),
-               "sizes": sizes, "metrics": metrics, "per_label": per_label_mae(preds, scores, label_of=stsb_bin_of)}
+               "sizes": sizes, "metrics": metrics, "per_label": per_label_mae(preds, scores, label_of=stsb_bin_of),
+               **(extra or {})}
     run.write_results(results)
     return results
 
