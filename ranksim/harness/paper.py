@@ -405,10 +405,11 @@ def build_comparator_rows(benchmark: Benchmark) -> List[Row]:
     ]
     if age:
         specs += [
-            ("ConR", f"{t.lower()}-fds-ranksim-conr", f"{t}+FDS+RankSim+ConR", rw + ("--fds",) + rs + ("--conr",),
+            # ConR's source gives no LDS/FDS window: the one every other row carries (gaussian, ks 5, sigma 2).
+            ("ConR", f"{t.lower()}-fds-ranksim-conr", f"{t}+FDS+RankSim+ConR", rw + FDS_FLAGS + rs + ("--conr",),
              None, True),
             ("ConR", f"{t.lower()}-lds-fds-ranksim-conr", f"{t}+LDS+FDS+RankSim+ConR",
-             rw + ("--lds", "--fds") + rs + ("--conr",), None, True),
+             rw + ("--lds",) + LDS_KERNEL + FDS_FLAGS + rs + ("--conr",), None, True),
             ("Rank-N-Contrast (two stages)", "rnc-encoder", "RnC stage 1 (encoder)", RNC_ENCODER, None, False),
             ("Rank-N-Contrast (two stages)", "rnc", "RnC", RNC_LINEAR, "rnc-encoder", False),
         ]
