@@ -1,7 +1,7 @@
 """Every reproduce.py row that smooths (LDS or FDS) states its kernel window, so no row silently falls back to
 train.py's dataset-dependent defaults (AgeDB: ks 9, sigma 1). ConR's source gives no window for its FDS rows;
 they carry the published window of every other row (gaussian, ks 5, sigma 2)."""
-from ranksim.harness.paper import ROWS
+from ranksim.harness.paper import TABLE_ROWS
 
 
 def flag_values(flags):
@@ -17,7 +17,7 @@ def flag_values(flags):
 
 
 def all_rows():
-    return [(dataset, row) for dataset, rows in ROWS.items() for row in rows]
+    return [(dataset, row) for dataset, rows in TABLE_ROWS.items() for row in rows]
 
 
 def test_every_fds_and_lds_row_states_its_window():
@@ -29,11 +29,11 @@ def test_every_fds_and_lds_row_states_its_window():
                 window = (flags.get(f"{method}_kernel"), flags.get(f"{method}_ks"), flags.get(f"{method}_sigma"))
                 assert window == ("gaussian", "5", "2"), f"{dataset} {row.key}: --{method} window {window}"
                 checked += 1
-    assert checked > 20  # the FDS/LDS rows of all three tables, comparators included
+    assert checked > 20  # the FDS/LDS rows of every table, comparators and AgeDB protocols included
 
 
 def test_conr_fds_rows_carry_the_published_window():
-    rows = {row.key: row for row in ROWS["agedb"]}
+    rows = {row.key: row for row in TABLE_ROWS["agedb"]}
     for key in ("sqinv-fds-ranksim-conr", "sqinv-lds-fds-ranksim-conr"):
         flags = flag_values(rows[key].flags)
         assert (flags["fds_ks"], flags["fds_sigma"]) == ("5", "2"), key
