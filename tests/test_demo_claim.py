@@ -58,7 +58,10 @@ def test_claim_end_to_end_tiny_then_reused(tmp_path, capsys):
     assert (data["split"] == "train").sum() == 3 * 47 and not data.loc[data["split"] == "train", "age"].between(47, 53).any()
     lines = {line.split(" | ")[1]: line for line in report.splitlines() if line.startswith("| blind spot")}
     # the gap MAE cell equals the per-label MAE over ages 47..53, recomputed here from each run's results.json
-    for column, method in ((2, "vanilla"), (3, "ranksim")):
+    train_mean = data.loc[data["split"] == "train", "age"].mean()
+    in_gap = data[(data["split"] == "test") & data["age"].between(47, 53)]
+    assert lines["MAE in the gap"].split(" | ")[2] == f"{np.mean(np.abs(in_gap['age'] - train_mean)):.2f}"
+    for column, method in ((3, "vanilla"), (4, "ranksim")):
         values = []
         for seed in (0, 1):
             per_label = json.loads((tmp_path / "runs" / f"blindspot_{method}_seed{seed}" / "results.json").read_text())["per_label"]
