@@ -277,8 +277,8 @@ def load_pretrained(args, model):
 
 def finish(run, args, checkpoint, epoch, sizes, tested) -> dict:
     """Print the test table and write results.json; returns its content."""
-    results = {"dataset": args.dataset, "protocol": args.protocol or "published", "split": "test", "checkpoint": str(checkpoint), "epoch": epoch,
-               "args": vars(args), "sizes": sizes, **tested}
+    results = {"dataset": args.dataset, "protocol": args.protocol or "published", "split": "test",
+               "checkpoint": str(checkpoint), "epoch": epoch, "args": vars(args), "sizes": sizes, **tested}
     run.log(f"test results of {checkpoint} (epoch {epoch}):\n{format_metrics_table(tested['metrics'])}")
     run.write_results(results)
     return results
