@@ -24,7 +24,8 @@ test: lint unit
 demo: $(STAMP)
 	$(PY) demo/run_demo.py
 
-# Not part of `make demo`: its 12 runs need several more minutes than the 10 the demo may take (demo/CLAIM.md).
+# Not part of `make demo`: its 12 runs (about 4 min of CPU work on 2 cores, estimated) would take the demo
+# to or past its 10 minutes (demo/CLAIM.md).
 demo-claim: $(STAMP)
 	$(PY) demo/claim.py
 
