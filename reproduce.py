@@ -10,7 +10,10 @@
     python reproduce.py released                                  # the 13 released checkpoints
     python reproduce.py evaluate-released --dataset agedb --row sqinv-ranksim --checkpoint FILE
 
-Datasets: agedb, imdb_wiki, sts-b. The rows, their flags (those of the published README's commands)
+Datasets: agedb, imdb_wiki, sts-b; and agedb-extrapolation, agedb-interpolation, agedb-blindspot: Puetz et
+al.'s AgeDB stress-test protocols (train.py --protocol), with that paper's training settings and no
+published numbers (its text was not available; see ranksim/harness/paper.py and the README's "Which
+protocol tests what"). The rows, their flags (those of the published README's commands)
 and the published numbers are data in `ranksim/harness/paper.py` (its docstring states the choices made
 where the paper is silent). Commands run from the repository root; everything after `--` is passed
 to train.py unchanged (e.g. `--epoch 1` for a quick check).
@@ -44,10 +47,11 @@ from ranksim.harness.paper import (
     ALL_GROUPS,
     BELIEVED,
     BENCHMARKS,
-    DATASET_ALIASES,
     RELEASED,
     RELEASED_TOLERANCE,
-    ROWS,
+    TABLE_ALIASES,
+    TABLE_BENCHMARKS,
+    TABLE_ROWS,
     Benchmark,
     ReleasedCheckpoint,
     Row,
@@ -55,6 +59,7 @@ from ranksim.harness.paper import (
     model_flags,
     published,
     run_identity,
+    table_of_run,
 )
 from ranksim.stats import Summary, differs_from, paired_difference, summarize
 
@@ -71,15 +76,15 @@ NOT_SETTINGS = frozenset({"data_dir", "store_root", "store_name", "pretrained", 
 # ----------------------------------------------------------------------------- rows and commands
 
 def benchmark_of(name: str) -> Benchmark:
-    key = DATASET_ALIASES.get(name.lower())
+    key = TABLE_ALIASES.get(name.lower())  # the paper's benchmarks and the AgeDB protocol tables
     if key is None:
-        raise UserError(f"--dataset {name}: unknown dataset; use one of {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[key]
+        raise UserError(f"--dataset {name}: unknown dataset; use one of {', '.join(TABLE_BENCHMARKS)}")
+    return TABLE_BENCHMARKS[key]
 
 
 def select_rows(bench: Benchmark, spec: str, flag: str = "--rows") -> List[Row]:
     """Rows named in ``spec`` ("all" or comma-separated keys or names, case-insensitive), in table order."""
-    rows = ROWS[bench.name]
+    rows = TABLE_ROWS[bench.name]
     if spec.strip().lower() == "all":
         return list(rows)
     wanted = [row_of(bench, item, flag) for item in (s.strip() for s in spec.split(",")) if item]
@@ -91,7 +96,7 @@ def select_rows(bench: Benchmark, spec: str, flag: str = "--rows") -> List[Row]:
 
 def row_of(bench: Benchmark, item: str, flag: str = "--row") -> Row:
     """The row whose key or name is ``item`` (case-insensitive)."""
-    for row in ROWS[bench.name]:
+    for row in TABLE_ROWS[bench.name]:
         if item.lower() in (row.key.lower(), row.name.lower()):
             return row
     raise UserError(f"{flag} {item}: no such row for {bench.name}; "
@@ -114,7 +119,7 @@ def parse_seeds(spec: Optional[str]) -> List[Optional[int]]:
 def with_stage1(bench: Benchmark, rows: List[Row]) -> List[Row]:
     """``rows`` plus the stage-1 rows their RRT rows need, in table order, stage 1 before stage 2."""
     keys = {r.key for r in rows} | {r.stage1 for r in rows if r.stage1}
-    ordered = [r for r in ROWS[bench.name] if r.key in keys]
+    ordered = [r for r in TABLE_ROWS[bench.name] if r.key in keys]
     return [r for r in ordered if r.stage1 is None] + [r for r in ordered if r.stage1 is not None]
 
 
@@ -235,12 +240,11 @@ def match_runs(bench: Benchmark, found: List[Tuple[Path, dict]]) -> Tuple[Dict[s
     Runs of other datasets are ignored; --evaluate runs are skipped (their flags need not say which
     row the checkpoint was trained as).
     """
-    by_identity = {row.identity: row for row in ROWS[bench.name]}
+    by_identity = {row.identity: row for row in TABLE_ROWS[bench.name]}
     matched: Dict[str, List[Tuple[Path, dict]]] = {}
     notes = []
     for path, results in found:
-        dataset = DATASET_ALIASES.get(str(results.get("dataset", "")).lower())
-        if dataset != bench.name:
+        if table_of_run(results) != bench.name:  # another dataset, or another protocol of AgeDB
             continue
         args = results.get("args") or {}
         if args.get("evaluate"):
@@ -434,7 +438,8 @@ def markdown_table(table: dict) -> str:
         if row.group != group:
             group = row.group
             lines.append(f"| *{group}* |" + " |" * (len(header) - 1))
-        cells = [format_cell(*entry["cells"][(m, g)], DECIMALS[m]) for m in bench.metrics for g in ALL_GROUPS]
+        cells = [format_cell(*entry["cells"][(m, g)], DECIMALS[m]) or empty_cell(entry) for m in bench.metrics
+                 for g in ALL_GROUPS]
         lines.append(f"| {entry['name']}{entry['marks']} | " + " | ".join(cells) + " |")
     lines.append("")
     if any("†" in e["marks"] for e in table["rows"]):
@@ -442,7 +447,15 @@ def markdown_table(table: dict) -> str:
                      "believed, not confirmed.")
     for note in table["footnotes"]:
         lines.append(f"\\* {note}")
+    if bench.note:
+        lines.append(bench.note)
     return "\n".join(lines) + "\n"
+
+
+def empty_cell(entry: dict) -> str:
+    """What a cell without a number shows: 'n/a' when the row has runs (their region is empty, e.g. the
+    blind-spot protocol's medium shots), '' when no run of the row was found."""
+    return "n/a" if entry["runs"] else ""
 
 
 def _tex(text: str) -> str:
@@ -469,8 +482,8 @@ def latex_table(table: dict) -> str:
             group = row.group
             lines += [r"\midrule", rf"\multicolumn{{{n + 1}}}{{l}}{{\textit{{{_tex(group)}}}}} \\"]
         marks = entry["marks"].replace("*", r"$^*$").replace("†", r"$^\dagger$")
-        cells = [format_cell(*entry["cells"][(m, g)], DECIMALS[m], latex=True) for m in bench.metrics
-                 for g in ALL_GROUPS]
+        cells = [format_cell(*entry["cells"][(m, g)], DECIMALS[m], latex=True) or empty_cell(entry)
+                 for m in bench.metrics for g in ALL_GROUPS]
         lines.append(f"{_tex(entry['name'])}{marks} & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}",
               rf"\caption{{{bench.title}: ours (mean $\pm$ std over n seeds) [published, difference].}}",
@@ -483,7 +496,7 @@ def latex_table(table: dict) -> str:
 def cmd_list(opts: argparse.Namespace) -> None:
     bench = benchmark_of(opts.dataset)
     runs, data_dir = shown_path(opts.runs or f"runs/{bench.name}"), shown_path(opts.data_dir or bench.data_dir)
-    rows = ROWS[bench.name]
+    rows = TABLE_ROWS[bench.name]
     print(f"# {bench.title}: {len(rows)} rows. Run one with: python reproduce.py run --dataset {bench.name} "
           f"--rows KEY[,KEY...]")
     for row in rows:
@@ -708,7 +721,7 @@ def released_entry(bench: Benchmark, row: Row) -> ReleasedCheckpoint:
 
 
 def _released_keys(bench: Benchmark) -> List[str]:
-    keys = {r.name: r.key for r in ROWS[bench.name]}
+    keys = {r.name: r.key for r in TABLE_ROWS[bench.name]}
     return [keys[e.row] for e in RELEASED if e.dataset == bench.name]
 
 

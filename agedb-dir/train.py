@@ -91,7 +91,7 @@ def train_and_test(args, ctx) -> dict:
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input size: let cuDNN pick its fastest kernels
 
     # Data. The per-sample train weights are SQINV/INV re-weighting, smoothed by LDS with --lds, or DenseWeight's.
-    table = Dataset.read_table(args.data_dir)
+    table = Dataset.read_table(args.data_dir, args.protocol)  # --protocol: a Puetz et al. stress-test split
     Dataset.check_images(args.data_dir, table)  # a missing image stops the run here, not mid-epoch
     train_labels = table.loc[table["split"] == "train", "age"].to_numpy(dtype=np.float32)
     weights = dense_sample_weights(args, train_labels) if args.reweight == DENSEWEIGHT else label_weights(
@@ -297,8 +297,8 @@ def load_pretrained(args, model):
 
 def finish(run, args, checkpoint, epoch, sizes, tested) -> dict:
     """Print the test table and write results.json; returns its content."""
-    results = {"dataset": args.dataset, "split": "test", "checkpoint": str(checkpoint), "epoch": epoch,
-               "args": vars(args), "sizes": sizes, **tested}
+    results = {"dataset": args.dataset, "protocol": args.protocol or "published", "split": "test",
+               "checkpoint": str(checkpoint), "epoch": epoch, "args": vars(args), "sizes": sizes, **tested}
     run.log(f"test results of {checkpoint} (epoch {epoch}):\n{format_metrics_table(tested['metrics'])}")
     run.write_results(results)
     return results

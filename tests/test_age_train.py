@@ -102,9 +102,10 @@ def vanilla(data, store):
 
 def test_vanilla_run_outputs(vanilla):
     res = results_of(vanilla)
-    assert set(res) == {"dataset", "split", "checkpoint", "epoch", "args", "sizes", "metrics", "per_label",
-                        "balanced_mae", "health", "health_history"}  # health: tests/test_health_runs.py
+    assert set(res) == {"dataset", "protocol", "split", "checkpoint", "epoch", "args", "sizes", "metrics",
+                        "per_label", "balanced_mae", "health", "health_history"}  # health: tests/test_health_runs.py
     assert res["dataset"] == "agedb" and res["split"] == "test" and res["args"]["model"] == "resnet18"
+    assert res["protocol"] == "published"  # the AgeDB-DIR split, no --protocol
     assert res["sizes"] == {"train": N_TRAIN, "val": 16, "test": 16}
     assert res["checkpoint"].endswith("vanilla/ckpt.best.pth.tar") and res["epoch"] in (1, 2)
     metrics = res["metrics"]

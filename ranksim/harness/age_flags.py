@@ -21,6 +21,7 @@ from ranksim.harness.comparators import (
     comparator_run_name,
     parse_with_stage_defaults,
 )
+from ranksim.harness.data.age_splits import PROTOCOLS
 from ranksim.harness.distributed import env_world_size
 from ranksim.harness.flags import adopt_recorded_flags, check_method_flags, check_positive, explicit_flags
 from ranksim.harness.models.resnet import MODELS
@@ -71,6 +72,9 @@ def build_parser(defaults: Mapping) -> argparse.ArgumentParser:
     g = p.add_argument_group("data, model, run")
     g.add_argument("--dataset", default=d["dataset"], choices=[d["dataset"]])
     g.add_argument("--data_dir", default="./data", help=f"folder holding {d['dataset']}'s split CSV and images")
+    g.add_argument("--protocol", default=None, choices=PROTOCOLS, help="AgeDB only: train and test on a stress-test "
+                   "split of Puetz et al. (2026) instead of the published one; its pinned file is fetched into "
+                   "--data_dir (see the README's 'Which protocol tests what')")
     g.add_argument("--model", default="resnet50", choices=sorted(MODELS))
     g.add_argument("--store_root", default="checkpoint", help="root folder of the run directories")
     g.add_argument("--store_name", default="", help="run directory name (default: settings + timestamp)")
@@ -135,6 +139,9 @@ def check_flag_values(args: argparse.Namespace) -> None:
     if args.pretrained:  # (--resume is checked where its settings are read: adopt_checkpoint_settings)
         check_checkpoint_flag("--pretrained", args.pretrained, BEST_NAME)
     check_comparator_flags(args)
+    if args.protocol and args.dataset != "agedb":
+        raise UserError(f"--protocol {args.protocol}: the stress-test protocols re-split AgeDB only; run it with "
+                        f"agedb-dir/train.py, or leave out --protocol for {args.dataset}")
     if env_world_size() > 1 and (args.bmse != "none" or args.conr or args.rnc != "none"):
         raise UserError("--bmse / --conr / --rnc: not supported under torchrun yet; run them in one process")
     if args.sync_bn and env_world_size() > 1 and not torch.cuda.is_available():  # no CPU kernel in PyTorch
@@ -178,7 +185,7 @@ def adopt_checkpoint_settings(args: argparse.Namespace, explicit) -> None:
 def run_name(args: argparse.Namespace) -> str:
     """Directory name encoding the settings, e.g.
     agedb_resnet50_sqrt_inv_lds_gau_9_1.0_ranksim_100.0_2.0_adam_l1_0.00025_64_20240101-120000."""
-    parts = [args.dataset, args.model, args.reweight]
+    parts = [args.dataset] + ([args.protocol] if args.protocol else []) + [args.model, args.reweight]
     if args.lds:
         parts += ["lds", args.lds_kernel[:3], str(args.lds_ks), str(args.lds_sigma)]
     if args.fds:

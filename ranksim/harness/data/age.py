@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ranksim.harness.cli import UserError
-from ranksim.harness.data.age_splits import read_split_csv
+from ranksim.harness.data.age_splits import read_protocol_split, read_split_csv
 
 SPLITS = ("train", "val", "test")
 RANDOM_CROP_PADDING = 16  # docs/published_behaviour.md §6 train augmentation
@@ -111,11 +111,14 @@ class AgeCSVDataset(Dataset):
         return os.path.join(data_dir, cls.csv_name)
 
     @classmethod
-    def read_table(cls, data_dir: str) -> pd.DataFrame:
-        """Read and validate ``<data_dir>/<csv_name>``; one-line UserError saying how to create it."""
+    def read_table(cls, data_dir: str, protocol: Optional[str] = None) -> pd.DataFrame:
+        """Read and validate ``<data_dir>/<csv_name>``, or with ``protocol`` (AgeDB only) that stress-test
+        protocol's pinned split file (:func:`read_protocol_split`); one-line UserError saying how to get it."""
         if not os.path.isdir(data_dir):
             raise UserError(f"--data_dir {data_dir}: directory not found; {cls.how_to_create}, "
                             f"or pass --data_dir <folder holding {cls.csv_name}>")
+        if protocol:
+            return read_protocol_split(data_dir, protocol)
         return read_split_csv(cls.csv_path(data_dir), cls.how_to_create)
 
     @classmethod

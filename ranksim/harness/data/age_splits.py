@@ -447,3 +447,57 @@ def download_split(args: argparse.Namespace, csv_name: str) -> None:
     table = download_split_csv(args.url, dest, sha256=args.sha256, force=args.force)
     checked = "sha256 verified" if args.sha256 else "layout verified (no published checksum)"
     print(f"{dest}: {checked}, {split_summary(table)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Puetz et al.'s AgeDB stress-test protocols (--protocol of agedb-dir/train.py)
+# ---------------------------------------------------------------------------------------------------
+
+# Puetz et al., "Deconstructing Deep Imbalanced Regression", Artif. Intell. Rev. 2026 (doi
+# 10.1007/s10462-026-11570-1); MIT-licensed code noah-puetz/deconstructing_deep_imbalanced_regression,
+# folder data/ (files from commit d01c3ef, unchanged at 03fc357). The authors' generator does not
+# regenerate these files bit for bit, so the shipped files are the reference, pinned by their SHA-256.
+PROTOCOL_REPO = "noah-puetz/deconstructing_deep_imbalanced_regression"
+PROTOCOL_COMMIT = "03fc357"
+# protocol -> (file name, URL, sha256). Tests point an entry at a local HTTP server (monkeypatch).
+PROTOCOL_SOURCES: Dict[str, Tuple[str, str, str]] = {
+    name: (f"agedb_{name}.csv", raw_github_url(PROTOCOL_REPO, PROTOCOL_COMMIT, f"data/agedb_{name}.csv"), digest)
+    for name, digest in (
+        ("extrapolation", "fa3ebf9e1c47ba7b28f3227d9a3a040c256d60f73133c7eef707493ce7be601a"),
+        ("interpolation", "a50949bcec3ac3a8f26d2bce2e675257f1228f27468d8be8aea37c845a734976"),
+        ("blindspot", "3d08e426b3ad4a0b79e22fa81739a4c5492c943c2648eae5ac2614c18378fae6"),
+    )
+}
+PROTOCOLS = tuple(PROTOCOL_SOURCES)
+
+
+def protocol_source(protocol: str) -> Tuple[str, str, str]:
+    """(file name, URL, sha256) of ``protocol``'s split file; UserError naming the valid protocols."""
+    if protocol not in PROTOCOL_SOURCES:
+        raise UserError(f"--protocol {protocol}: unknown protocol; use one of {', '.join(PROTOCOLS)} "
+                        f"(or leave out --protocol for the published AgeDB-DIR split)")
+    return PROTOCOL_SOURCES[protocol]
+
+
+def read_protocol_split(data_dir: "str | os.PathLike", protocol: str) -> pd.DataFrame:
+    """The split table (age,path,split) of ``protocol``, from ``<data_dir>/agedb_<protocol>.csv``.
+
+    A missing file is downloaded from the pinned URL and installed only after its sha256 matched; a
+    file already there must have the pinned sha256 too (it is never replaced: the user is told to
+    delete it). Train rows keep their duplicates: the protocols drew them with replacement, and the
+    duplicates count in the shot regions (many > 100, few < 20 train rows of the age).
+    """
+    from ranksim.harness.data.download import sha256_of  # local import: only protocol runs need it
+
+    name, url, digest = protocol_source(protocol)
+    dest = os.path.join(os.fspath(data_dir), name)
+    if not os.path.isfile(dest):
+        try:
+            download_split_csv(url, dest, sha256=digest)
+        except UserError as exc:  # offline machines: say where a copy fetched elsewhere goes
+            raise UserError(f"--protocol {protocol}: {dest} not found and {exc}; or copy the authors' {name} "
+                            f"there (sha256 {digest})") from None
+    elif sha256_of(dest) != digest:
+        raise UserError(f"{dest}: sha256 {sha256_of(dest)[:16]}... is not the pinned {digest[:16]}... of the "
+                        f"--protocol {protocol} split; delete the file to download the authors' one again")
+    return read_split_csv(dest, f"delete it and rerun to download it from {url}")
