@@ -137,15 +137,18 @@ class _DropsTheLossScale(torch.autograd.Function):
         return torch.ones_like(grad)
 
 
-@pytest.mark.parametrize("scale, warns", [(65536.0, True), (None, False)])
-def test_fp16_loss_scale_lost_by_ranksim_reads_as_a_vanishing_ratio(monkeypatch, scale, warns):
+# The real regularizer (called with gamma=, as the programs do) keeps the scale: no warning at 65536.
+@pytest.mark.parametrize("scale, drops_scale, warns", [(65536.0, True, True), (None, True, False),
+                                                       (65536.0, False, False)])
+def test_fp16_loss_scale_lost_by_ranksim_reads_as_a_vanishing_ratio(monkeypatch, scale, drops_scale, warns):
     import types
 
     import ranksim.harness.health as health_module
 
     real = health_module.batchwise_ranking_regularizer
-    monkeypatch.setattr(health_module, "batchwise_ranking_regularizer",
-                        lambda *args, **kwargs: _DropsTheLossScale.apply(real(*args, **kwargs)))
+    if drops_scale:
+        monkeypatch.setattr(health_module, "batchwise_ranking_regularizer",
+                            lambda *args, **kwargs: _DropsTheLossScale.apply(real(*args, **kwargs)))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     inputs, ages = torch.randn(16, 3), torch.arange(16.0).reshape(16, 1)

@@ -221,7 +221,8 @@ class GlobalBatch:
         global_batch = GlobalBatch(ctx, seed=args.seed)
         ...
         features, targets = global_batch(features, targets)    # identity on one process
-        loss = loss + gamma * batchwise_ranking_regularizer(features, targets, lam, generator=global_batch.generator)
+        loss = loss + gamma * batchwise_ranking_regularizer(features, targets, lam, gamma=gamma,
+                                                             generator=global_batch.generator)
 
     Under torchrun the features are gathered with their gradient and the targets without
     (ranksim/distributed.py derives why the sum of the ranks' values needs no rescaling), and the

@@ -158,8 +158,9 @@ class RunHealth:
             with torch.enable_grad():
                 task = self.task_loss(self.head(features).float(), targets, weights)
                 generator = torch.Generator(features.device).manual_seed(TIE_DRAW_SEED)
+                # gamma= as in the programs' step: RankSim's gradient then keeps the loss scale (regularizer.py)
                 ranksim = self.gamma * batchwise_ranking_regularizer(features, ranksim_targets, self.interp_lambda,
-                                                                     generator=generator)
+                                                                     generator=generator, gamma=self.gamma)
                 # fp16: both terms times the loss scale, as the step's backward sees them, so a RankSim
                 # backward that mishandles the scale shows up here as a ratio off by that factor.
                 scale = options.scaler.get_scale() if options.scaler is not None else 1.0
