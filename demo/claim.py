@@ -35,7 +35,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 
-from ranksim.harness.cli import UserError, run_cli  # noqa: E402
+from ranksim.harness.cli import UserError, parse_seeds, run_cli  # noqa: E402
 from ranksim.harness.data.synthetic import draw_age_image  # noqa: E402
 from ranksim.stats import paired_difference, summarize  # noqa: E402
 
@@ -225,14 +225,6 @@ def claim_table(results: Dict[str, Dict[str, List[dict]]], seeds: Sequence[int],
     return head + "\n".join(lines + health) + "\n"
 
 
-def parse_seeds(text: str) -> List[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UserError(f"--seeds {text}: give distinct non-negative integers separated by commas, e.g. 0,1,2")
-    return seeds
 
 
 def main(argv: Optional[Sequence[str]] = None, train_main: Optional[Callable] = None) -> str:

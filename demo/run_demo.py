@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "figures"))
 from make_data import DEFAULTS as DATA_DEFAULTS  # noqa: E402
 from make_data import make_demo_dataset  # noqa: E402
 
-from ranksim.harness.cli import UserError, run_cli  # noqa: E402
+from ranksim.harness.cli import UserError, parse_seeds, run_cli  # noqa: E402
 from ranksim.metrics import age_shot_groups, per_label_mae, regression_metrics  # noqa: E402
 from ranksim.stats import paired_difference, summarize  # noqa: E402
 
@@ -274,14 +274,6 @@ def draw_figures(out: Path, data_dir: Path, baseline: dict, results: dict, paths
     return written
 
 
-def parse_seeds(text: str) -> list:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise UserError(f"--seeds {text}: give distinct non-negative integers separated by commas, e.g. 0,1,2")
-    return seeds
 
 
 def main(argv=None) -> None:

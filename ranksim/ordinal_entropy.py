@@ -26,23 +26,16 @@ The computation is sync-free (no ``torch.unique``): samples are compared with ea
 [B, B] label-equality matrix, so the cost is O(B^2 D) time and O(B^2) memory rather than the
 reference's O(B D + M^2 D); for the paper's batch sizes this is small next to the backbone.
 """
-import contextlib
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ranksim.regularizer import autocast_off
+
 __all__ = ["OrdinalEntropy", "ordinal_entropy", "ordinal_entropy_terms"]
 
 _MIN_SQUARED_DISTANCE = 1e-12  # floor before the sqrt, as in the reference: keeps the gradient finite at 0
-
-
-def _float32_context(device: torch.device):
-    """Autocast off on ``device`` while it is on (there it would run the matmuls in 16 bits); else nothing."""
-    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))  # torch < 2.4
-    if available(device.type) and torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _check_inputs(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -65,7 +58,7 @@ def ordinal_entropy_terms(features: torch.Tensor, labels: torch.Tensor) -> Tuple
     Empty terms are 0 (with zero gradient).
     """
     labels = _check_inputs(features, labels)
-    with _float32_context(features.device):
+    with autocast_off(features.device):
         return _terms(features.float(), labels.float())
 
 

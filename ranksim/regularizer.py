@@ -113,7 +113,7 @@ def _check_finite_targets(targets: torch.Tensor) -> None:
                          f"{targets[row].tolist()!r} at batch index {row}; labels must be finite numbers")
 
 
-def _autocast_off(device: torch.device):
+def autocast_off(device: torch.device):
     """A context that disables autocast on ``device`` when it is on (meta tensors have no autocast)."""
     available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))  # torch < 2.4
     if available(device.type) and torch.is_autocast_enabled(device.type):
@@ -298,7 +298,7 @@ def batchwise_ranking_regularizer(
     if checked:
         _check_finite_targets(targets)
     keys = _draw_or_check_keys(tie_keys, flat_features.shape[0], flat_features.device, generator)
-    with _autocast_off(flat_features.device):
+    with autocast_off(flat_features.device):
         loss = _ranking_loss(flat_features, flat_targets, keys, interp_strength_lambda, compact=compact,
                              label_distance=label_distance, gamma=gamma)
     if not checked:  # NaN or inf in the targets makes the loss NaN, without a host sync (alpha 0 keeps NaN)
@@ -404,7 +404,7 @@ class _RankingLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, index, label_ranks, pair_keep, values, n_kept, lam, gamma):
-        with _autocast_off(features.device):
+        with autocast_off(features.device):
             x = features.index_select(0, index).to(torch.float32)
             # F.normalize's arithmetic (norm, clamp at eps, divide), so the similarities are the same numbers.
             clamped_norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(NORMALIZE_EPS)
@@ -425,7 +425,7 @@ class _RankingLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         x_norm, row_scale, similarities, ranks, label_ranks, values, coefficient, index = ctx.saved_tensors
-        with _autocast_off(x_norm.device):
+        with autocast_off(x_norm.device):
             if ctx.gamma is None:  # published: the perturbation uses whatever arrives (coefficient = n)
                 coefficient = (grad_loss * 2) / coefficient
             incoming = (ranks - label_ranks) * coefficient  # TrueRanker's incoming gradient

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, List, NoReturn
 
 from ranksim.harness.memory import (
     BEFORE_THE_RUN,
@@ -32,6 +32,17 @@ TERMINATED_EXIT = 128 + signal.SIGTERM  # 143: what SLURM / Kubernetes / `kill` 
 
 class UserError(Exception):
     """A problem caused by the user's input (files, flags, values); the message says how to fix it."""
+
+
+def parse_seeds(text: str) -> List[int]:
+    """'0,1,2' -> [0, 1, 2]; UserError unless distinct non-negative integers (the demo scripts' --seeds)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UserError(f"--seeds {text}: give distinct non-negative integers separated by commas, e.g. 0,1,2")
+    return seeds
 
 
 def one_line(message: str) -> str:
