@@ -271,7 +271,7 @@ def test_stsb_ranksim_sees_raw_scores_and_the_loss_score_over_5(monkeypatch):
         seen["loss_targets"] = targets.clone()
         return ((pred - targets) ** 2).mean()
 
-    def regularizer(features, targets, interp_strength_lambda, generator=None):
+    def regularizer(features, targets, interp_strength_lambda, generator=None, gamma=None):
         seen["ranksim_targets"] = targets.clone()
         return features.sum() * 0.0
 
