@@ -94,9 +94,11 @@ def train_and_test(args, ctx) -> dict:
     table = Dataset.read_table(args.data_dir, args.protocol)  # --protocol: a Puetz et al. stress-test split
     Dataset.check_images(args.data_dir, table)  # a missing image stops the run here, not mid-epoch
     train_labels = table.loc[table["split"] == "train", "age"].to_numpy(dtype=np.float32)
-    weights = dense_sample_weights(args, train_labels) if args.reweight == DENSEWEIGHT else label_weights(
-        train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
-        label_kind="age", integer_smoothing=args.published_quirks)
+    if args.reweight == DENSEWEIGHT:
+        weights = dense_sample_weights(args, train_labels)
+    else:
+        weights = label_weights(train_labels, args.reweight, args.lds, args.lds_kernel, args.lds_ks, args.lds_sigma,
+                                label_kind="age", integer_smoothing=args.published_quirks)
     datasets = {split: Dataset(args.data_dir, table, args.img_size, split, weights if split == "train" else None)
                 for split in SPLITS}
     sizes = {split: len(dataset) for split, dataset in datasets.items()}
